@@ -1,0 +1,133 @@
+"""The Algorithm contract and the registry every method registers in.
+
+An algorithm only does math: it receives the real data and a `Context`, builds its learnable
+synthetic parameters in `init`, improves them one outer iteration per `step`, and hands back a
+`SyntheticSet`. The driver (`condense/run.py`) owns the loop, progress, checkpoints and files.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+
+from condense.artifacts import Artifacts
+from condense.augment import DSA, make_dsa
+from condense.data import RealData
+from condense.errors import CondenseError
+from condense.models import Network, build_model
+from condense.registry import Registry
+from condense.runtime import derive_seed, make_generator
+from condense.synthetic import SetMeta, SyntheticSet
+
+
+@dataclass
+class AlgoConfig:
+    """Fields every method has. Subclasses add their own, each with a default and a comment."""
+
+    ipc: int = 10  # synthetic images per class
+    iters: int = 0  # outer iterations (0 for selection baselines, which finish in init)
+    arch: str = "convnet"  # the network the method distils with
+
+
+@dataclass
+class Context:
+    """What the driver hands an algorithm: where to compute, randomness, networks, artifacts."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    artifacts: Artifacts = field(default_factory=Artifacts)
+
+    def __post_init__(self) -> None:
+        self.generator = make_generator(derive_seed(self.seed, "algorithm"))
+
+    def model(self, arch: str, real: RealData, seed: int | None = None, **kw: Any) -> Network:
+        """A freshly initialized network for `real`'s shape, on the device."""
+        i = real.info
+        return build_model(arch, i.channels, i.num_classes, i.size, seed=seed, **kw).to(self.device)
+
+    def augment(self, strategy: str, real: RealData) -> DSA | None:
+        return make_dsa(strategy, real.info.allow_flip)
+
+
+class Algorithm:
+    """Base class. Subclasses set `name`, `Config` and implement init/step/synthetic."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[AlgoConfig]] = AlgoConfig
+    protocol: ClassVar[str] = "dsa"  # the evaluation protocol the method's numbers are meant for
+
+    def __init__(self, cfg: AlgoConfig, real: RealData, ctx: Context) -> None:
+        if cfg.ipc < 1:
+            raise CondenseError(f"--ipc must be at least 1 (got {cfg.ipc}).")
+        self.cfg, self.real, self.ctx = cfg, real, ctx
+
+    def init(self) -> None:
+        """Build the learnable synthetic parameters (real-image or noise initialization)."""
+
+    def step(self, it: int) -> dict[str, float]:
+        """One outer iteration; returns scalars to log."""
+        return {}
+
+    def synthetic(self) -> SyntheticSet:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit-for-bit (tensors, optimizer and generator states)."""
+        return {"generator": self.ctx.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ctx.generator.set_state(state["generator"])
+
+    # ---- helpers shared by methods ---------------------------------------------------------
+
+    def make_set(self, images: torch.Tensor, labels: torch.Tensor, **extra: Any) -> SyntheticSet:
+        """Wrap tensors in a SyntheticSet with this run's metadata."""
+        from dataclasses import asdict
+
+        info, pre = self.real.info, self.real.pre
+        meta = SetMeta(dataset=info.name, num_classes=info.num_classes, class_names=list(info.class_names),
+                       ipc=self.cfg.ipc, channels=info.channels, height=info.size, width=info.size,
+                       mean=tuple(info.mean), std=tuple(info.std), pixel_space=pre.pixel_space,
+                       algorithm=self.name, config=asdict(self.cfg), seed=self.ctx.seed, protocol=self.protocol)
+        return SyntheticSet(images.detach().float().cpu(), labels.detach().long().cpu(), meta,
+                            zca=None if pre.zca is None else pre.zca.to("cpu"), **extra)
+
+
+ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")
+
+
+def config_from(cls: type[Algorithm], overrides: dict[str, Any]) -> AlgoConfig:
+    """Build `cls.Config` from string/typed overrides (`--set key=value`), checking names and types."""
+    known = {f.name: f for f in fields(cls.Config)}
+    kw: dict[str, Any] = {}
+    for k, v in overrides.items():
+        k2 = k.replace("-", "_")
+        if k2 not in known:
+            raise CondenseError(f"'{k}' is not a setting of --algo {cls.name}. Its settings: "
+                                f"{', '.join(sorted(known))}.")
+        kw[k2] = coerce(v, known[k2].type, k)
+    return cls.Config(**kw)
+
+
+def coerce(value: Any, typ: Any, name: str) -> Any:
+    """Turn a command-line string into the field's type (bool, int, float, str, tuple)."""
+    if not isinstance(value, str):
+        return value
+    t = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    try:
+        if t.startswith("bool"):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if t.startswith("int"):
+            return int(value)
+        if t.startswith("float"):
+            return float(value)
+        if t.startswith("tuple"):
+            return tuple(float(x) if "." in x or "e" in x else int(x) for x in value.split(",") if x)
+    except ValueError:
+        raise CondenseError(f"Setting '{name}' expects a {t}, got '{value}'.") from None
+    return value

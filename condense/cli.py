@@ -1,0 +1,319 @@
+"""The `condense` command line (typer): distill, eval, teachers, show, info, export.
+
+This is the application shell: the one core module that imports `algorithms` and `evaluators`
+(to fill the registries and wire commands). Exit codes: 0 success, 1 user error (a one-paragraph
+message, no traceback), 2 internal error (a bug: the traceback is printed), 130 interrupted.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from condense.errors import CondenseError
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="Dataset distillation: condense a labelled image dataset into a few synthetic images "
+                       "per class, and evaluate the result the same way every time.")
+
+Device = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:N.")
+Seed = typer.Option(0, "--seed", help="Seed of every random stream of the run.")
+DataRoot = typer.Option(None, "--data-root", help="Folder with the dataset files (searched first).")
+Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _reporter(quiet: bool):
+    from condense.progress import RichReporter
+
+    return RichReporter(quiet)
+
+
+def _parse_sets(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise CondenseError(f"--set expects key=value, got '{item}' (e.g. --set lr_img=100).")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@app.command()
+def distill(
+    algo: str = typer.Option(..., "--algo", help="Method: random, herding, kcenter, ..."),
+    ipc: int = typer.Option(10, "--ipc", help="Synthetic images per class."),
+    dataset: str = typer.Option("fashion-mnist", "--dataset", help="fashion-mnist, mnist, cifar10, cifar100, svhn, "
+                                "tiny-imagenet, imagefolder:PATH[@SIZE]."),
+    out: Path = typer.Option(Path("synth.h5"), "--out", "-o", help="Output file (written atomically)."),
+    iters: Optional[int] = typer.Option(None, "--iters", help="Outer iterations (default: preset / method)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Named settings from assets/presets (cpu, paper)."),
+    set_: List[str] = typer.Option([], "--set", help="Override one method setting: --set key=value (repeatable)."),
+    ckpt_every: int = typer.Option(100, "--ckpt-every", help="Checkpoint to OUT.ckpt every K iterations."),
+    resume: Optional[str] = typer.Option(None, "--resume", is_flag=False, flag_value="auto",
+                                         help="Continue an interrupted run from OUT.ckpt (or from PATH)."),
+    eval_every: int = typer.Option(0, "--eval-every", help="Quick evaluation (1 ConvNet, 300 epochs) every K its."),
+    zca: bool = typer.Option(False, "--zca", help="ZCA-whiten the data (kornia, eps 0.1)."),
+    download: bool = typer.Option(False, "--download", help="Let torchvision download a missing dataset."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Artifact cache (default $CONDENSE_CACHE or "
+                                         "~/.cache/condense/artifacts)."),
+    seed: int = Seed, device: str = Device, data_root: Optional[Path] = DataRoot, quiet: bool = Quiet,
+) -> None:
+    """Distill a synthetic set and write it to OUT (synth.h5)."""
+    import algorithms
+    from algorithms.base import Context, config_from
+    from condense.artifacts import Artifacts
+    from condense.data import load_dataset
+    from condense.run import RunSpec, preset_values, run_distill
+    from condense.runtime import resolve_device
+
+    if ipc < 1:
+        raise CondenseError(f"--ipc must be a positive number of images per class (got {ipc}).")
+    cls = algorithms.ALGORITHMS.get(algo)
+    dev = resolve_device(device)
+    reporter = _reporter(quiet)
+    overrides = _parse_sets(set_)
+    spec = RunSpec(cls.name, dataset, ipc, out, seed, preset, iters, overrides, ckpt_every,
+                   None if resume is None else Path(str(out) + ".ckpt") if resume == "auto" else Path(resume),
+                   eval_every, zca)
+    real = load_dataset(dataset, data_root, download, zca=zca, device=dev)
+    values = {**preset_values(cls.name, preset, real.info.name, ipc), **overrides, "ipc": ipc}
+    if iters is not None:
+        values["iters"] = iters
+    cfg = config_from(cls, values)
+    ctx = Context(dev, seed, Artifacts(cache, reporter, dev))
+    algorithm = cls(cfg, real, ctx)
+    evaluate = None
+    if eval_every:
+        from evaluators.protocols import get_protocol
+        from evaluators.retrain import evaluate_set
+
+        quick = get_protocol("dsa").with_epochs(300)
+        evaluate = lambda s: evaluate_set(s, real, quick, [quick.arch], 1, seed)[0].mean  # noqa: E731
+    t0 = time.time()
+    synth = run_distill(algorithm, spec, reporter, evaluate)
+    reporter.log(f"wrote {out}: {len(synth)} images ({synth.meta.ipc} per class, {synth.meta.dataset}, "
+                 f"{algorithm.name}) in {time.time() - t0:.1f}s")
+
+
+@app.command("eval")
+def eval_(
+    files: List[Path] = typer.Argument(..., help="Synthetic sets (synth.h5) to evaluate."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Comma-separated architectures (default: the "
+                                       "protocol's, convnet)."),
+    runs: Optional[int] = typer.Option(None, "--runs", help="Networks trained per architecture (default 5)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the protocol's epochs (labelled)."),
+    protocol: str = typer.Option("dsa", "--protocol", help="Named evaluation protocol (assets/protocols)."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="'random': add a random real subset of the "
+                                           "same IPC under the same protocol."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the table as Markdown."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset to test on (default: the file's)."),
+    seed: int = Seed, device: str = Device, data_root: Optional[Path] = DataRoot, quiet: bool = Quiet,
+) -> None:
+    """Retrain fresh networks on synthetic sets and report test accuracy per IPC and architecture."""
+    from condense.data import load_dataset
+    from condense.runtime import resolve_device
+    from condense.synthetic import load
+    from evaluators.protocols import get_protocol
+    from evaluators.report import Report, Row
+    from evaluators.retrain import evaluate_random, evaluate_set
+
+    proto = get_protocol(protocol).with_epochs(epochs)
+    if epochs is not None and epochs < 1:
+        raise CondenseError(f"--epochs must be positive (got {epochs}).")
+    archs = [a.strip() for a in (arch or proto.arch).split(",") if a.strip()]
+    from condense.models import MODELS
+
+    for a in archs:
+        MODELS.get(a)
+    n_runs = runs if runs is not None else proto.runs
+    if n_runs < 1:
+        raise CondenseError(f"--runs must be at least 1 (got {n_runs}).")
+    if baseline not in (None, "random"):
+        raise CondenseError(f"--baseline '{baseline}' is not known; the baseline is 'random'.")
+    sets = [(p, load(p)) for p in files]
+    names = {dataset or s.meta.dataset for _, s in sets}
+    if len(names) > 1:
+        raise CondenseError(f"The files come from different datasets ({', '.join(sorted(names))}); evaluate one "
+                            f"dataset at a time.")
+    dev = resolve_device(device)
+    reporter = _reporter(quiet)
+    real = load_dataset(names.pop(), data_root, device=dev)
+    console = _console()
+    if not quiet:
+        console.print(f"protocol [bold]{proto.name}[/] [{proto.hash}]: {proto.description}")
+    report = Report(proto, real.info.name, seed)
+    for path, s in sets:
+        res = evaluate_set(s, real, proto, archs, n_runs, seed, reporter, label=path.name)
+        report.rows.append(Row(s.meta.algorithm or "?", s.meta.ipc, str(path), res,
+                               extra={"train_images": len(s), "stored_images": s.stored_images()}))
+    if baseline == "random":
+        done = set()
+        for _, s in sets:
+            key = (s.meta.ipc, s.meta.pixel_space)
+            if key in done:
+                continue
+            done.add(key)
+            res = evaluate_random(real.with_preprocess(s.preprocess), s.meta.ipc, proto, archs, n_runs, seed, reporter)
+            report.rows.append(Row("random (real subset)", s.meta.ipc, "baseline", res))
+    from rich.console import Console
+
+    report.print(Console())
+    if json_out:
+        report.save_json(json_out)
+    if markdown:
+        from condense.synthetic import atomic_path
+
+        with atomic_path(Path(markdown)) as tmp:
+            tmp.write_text(report.to_markdown())
+
+
+@app.command()
+def teachers(
+    dataset: str = typer.Option("fashion-mnist", "--dataset"),
+    arch: str = typer.Option("convnet", "--arch", help="Comma-separated architectures."),
+    epochs: int = typer.Option(20, "--epochs", help="Training epochs over the whole real training split."),
+    num: int = typer.Option(1, "--num", help="Networks per architecture (seeds 0..num-1)."),
+    lr: float = typer.Option(0.01, "--lr"),
+    augment: str = typer.Option("none", "--augment", help="DSA strategy used while training, or none."),
+    zca: bool = typer.Option(False, "--zca"),
+    cache: Optional[Path] = typer.Option(None, "--cache"),
+    device: str = Device, data_root: Optional[Path] = DataRoot, quiet: bool = Quiet,
+) -> None:
+    """Train (or load from the cache) networks on the whole real training split; print test accuracy."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from condense.artifacts import Artifacts
+    from condense.data import load_dataset
+    from condense.runtime import resolve_device
+    from condense.train import TrainConfig
+
+    dev = resolve_device(device)
+    reporter = _reporter(quiet)
+    real = load_dataset(dataset, data_root, zca=zca, device=dev)
+    store = Artifacts(cache, reporter, dev)
+    recipe = TrainConfig(epochs=epochs, batch=256, lr=lr, momentum=0.9, weight_decay=5e-4, schedule="cosine",
+                         augment=augment)
+    table = Table(title=f"{real.info.name}: networks trained on the whole training split ({epochs} epochs, "
+                        f"SGD {lr}, cosine, augment {augment})", title_justify="left")
+    for col in ("arch", "seed", "test acc (%)", "train time (s)", "file"):
+        table.add_column(col)
+    for a in [x.strip() for x in arch.split(",") if x.strip()]:
+        for s in range(num):
+            rec = store.trained_record(real, a, recipe, seed=s)
+            m = rec["meta"]
+            table.add_row(a, str(s), f"{100 * m['test_accuracy']:.2f}", f"{m['seconds']:.0f}",
+                          store.path(store.describe(real, a, recipe, s)).name)
+    Console().print(table)
+
+
+@app.command()
+def show(
+    file: Path = typer.Argument(..., help="A synth.h5 file."),
+    out: Path = typer.Option(Path("grid.png"), "--out", "-o", help="PNG to write."),
+    per_class: int = typer.Option(10, "--per-class", help="Images per class row."),
+    upscale: int = typer.Option(2, "--upscale", help="Nearest-neighbour enlargement factor."),
+) -> None:
+    """Save a per-class image grid (pixel space, ZCA inverted) as a PNG."""
+    from condense.synthetic import load, save_grid
+
+    save_grid(load(file), out, per_class, upscale)
+    _console().print(f"wrote {out}")
+
+
+@app.command()
+def info(file: Path = typer.Argument(..., help="A synth.h5 file."),
+         as_json: bool = typer.Option(False, "--json", help="Print the metadata as JSON.")) -> None:
+    """Print a synthetic set's metadata, image counts and storage accounting."""
+    from dataclasses import asdict
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from condense.synthetic import load
+
+    s = load(file)
+    m = s.meta
+    facts = {
+        "file": str(file), "file bytes": file.stat().st_size, "dataset": m.dataset, "algorithm": m.algorithm,
+        "ipc": m.ipc, "classes": m.num_classes, "image shape": f"{m.channels}x{m.height}x{m.width}",
+        "training images": len(s), "stored images": s.stored_images(), "stored bytes": s.stored_bytes(),
+        "images per class": s.counts(), "pixel space": m.pixel_space, "learned lr": s.lr,
+        "soft labels": None if s.soft_labels is None else dict(s.soft_attrs, shape=list(s.soft_labels.shape)),
+        "compact parts": {k: list(v.shape) for k, v in s.compact.items()} or None,
+        "protocol": m.protocol, "seed": m.seed, "condense version": m.condense_version, "created": m.created,
+    }
+    if as_json:
+        print(json.dumps({**facts, "meta": asdict(m)}, indent=2, default=str))
+        return
+    table = Table(show_header=False, title=str(file), title_justify="left")
+    for k, v in facts.items():
+        if v is not None:
+            table.add_row(k, str(v))
+    table.add_row("config", json.dumps(m.config))
+    Console().print(table)
+
+
+@app.command()
+def export(
+    file: Path = typer.Argument(..., help="A synth.h5 file."),
+    to: str = typer.Option(..., "--to", help="pt (images_best.pt, labels_best.pt, lr_best.pt) or imagefolder."),
+    out_dir: Path = typer.Argument(..., help="Output folder (replaced atomically)."),
+) -> None:
+    """Export a synthetic set to the field's other formats."""
+    from condense.synthetic import export_imagefolder, export_pt, load
+
+    s = load(file)
+    if to == "pt":
+        export_pt(s, out_dir)
+    elif to == "imagefolder":
+        export_imagefolder(s, out_dir)
+    else:
+        raise CondenseError(f"--to '{to}' is not an export format; use pt or imagefolder.")
+    _console().print(f"wrote {out_dir}")
+
+
+def main() -> None:
+    """Console entry point: allocator tuning, then the app, with exit codes as documented."""
+    import traceback
+
+    import click
+
+    from condense.runtime import tune_allocator
+
+    tune_allocator()
+    try:
+        code = app(standalone_mode=False)
+    except CondenseError as e:
+        _console().print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(1)
+    except click.exceptions.UsageError as e:
+        e.show()
+        sys.exit(1)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        _console().print("interrupted")
+        sys.exit(130)
+    except click.exceptions.ClickException as e:
+        e.show()
+        sys.exit(1)
+    except Exception:  # noqa: BLE001  (a bug: show everything)
+        traceback.print_exc()
+        _console().print("[bold red]internal error[/] — this is a bug in condense; please report it with the "
+                         "traceback above.")
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,406 @@
+"""Dataset registry and real data as class-indexed tensors.
+
+Real images are kept as uint8 `[N, C, H, W]` (4x smaller than float, so even Tiny-ImageNet fits
+on a GPU) and turned into model-input space per batch by a `Preprocess`: mean/std
+normalization, or ZCA whitening (kornia, eps 0.1, fitted on the training split in [0, 1] pixel
+space as in MTT/DATM). The preprocess travels with every synthetic set, so evaluation and
+display invert it exactly.
+
+Files are looked for under `--data-root`, then `$CONDENSE_DATA`, then `~/.cache/condense/data`,
+then the system location a distribution package installs (Debian's `dataset-fashion-mnist`
+puts the gzipped IDX files in `/usr/share/datasets/fashion-mnist`).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from condense.errors import CondenseError
+from condense.registry import Registry
+
+
+@dataclass
+class DatasetInfo:
+    """What a dataset is, independent of where its files live."""
+
+    name: str
+    num_classes: int
+    channels: int
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: list[str]
+    allow_flip: bool = True  # digits (MNIST, SVHN) must not be mirrored (DC README)
+
+
+@dataclass
+class Split:
+    images: Tensor  # uint8 [N, C, H, W]
+    labels: Tensor  # int64 [N]
+
+
+@dataclass
+class Zca:
+    """A fitted ZCA whitening: `z = (x - mean) @ matrix`, `x = z @ inverse + mean` on flattened
+    [0, 1] pixels."""
+
+    mean: Tensor  # [1, D]
+    matrix: Tensor  # [D, D]
+    inverse: Tensor  # [D, D]
+    eps: float = 0.1
+
+    @staticmethod
+    def fit(pixels: Tensor, eps: float = 0.1) -> "Zca":
+        """pixels: [N, C, H, W] float in [0, 1]."""
+        import kornia
+
+        z = kornia.enhance.ZCAWhitening(eps=eps, compute_inv=True)
+        z.fit(pixels.float())
+        return Zca(z.mean_vector.detach(), z.transform_matrix.detach(), z.transform_inv.detach(), eps)
+
+    def to(self, device: torch.device | str) -> "Zca":
+        return Zca(self.mean.to(device), self.matrix.to(device), self.inverse.to(device), self.eps)
+
+
+@dataclass
+class Preprocess:
+    """Pixels in [0, 1] <-> model-input space ('normalized' or 'zca')."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    zca: Zca | None = None
+
+    @property
+    def pixel_space(self) -> str:
+        return "zca" if self.zca is not None else "normalized"
+
+    def __call__(self, pixels: Tensor) -> Tensor:
+        """pixels: [B, C, H, W], uint8 or float in [0, 1] -> model-input space, float32."""
+        x = pixels.float() / 255.0 if pixels.dtype == torch.uint8 else pixels.float()
+        if self.zca is not None:
+            z = self.zca
+            return ((x.flatten(1) - z.mean.to(x.device)) @ z.matrix.to(x.device)).view_as(x)
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def to_pixels(self, x: Tensor) -> Tensor:
+        """Model-input space -> pixels in [0, 1] (clamped), for display and export."""
+        x = x.float()
+        if self.zca is not None:
+            z = self.zca
+            out = (x.flatten(1) @ z.inverse.to(x.device) + z.mean.to(x.device)).view_as(x)
+        else:
+            mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+            out = x * std + mean
+        return out.clamp(0, 1)
+
+
+@dataclass
+class RealData:
+    """The real training and test splits, indexed by class, on one device.
+
+    `images_of(c, n, generator)` samples n model-input images of class c; `get(idx)` returns
+    arbitrary training images; `test_batches(b)` iterates over the test split.
+    """
+
+    info: DatasetInfo
+    train: Split
+    test: Split
+    pre: Preprocess
+    class_index: list[Tensor] = field(default_factory=list)  # per class: int64 indices into train
+
+    def __post_init__(self) -> None:
+        if not self.class_index:
+            self.class_index = [torch.nonzero(self.train.labels == c).flatten()
+                                for c in range(self.info.num_classes)]
+
+    @property
+    def device(self) -> torch.device:
+        return self.train.images.device
+
+    def to(self, device: torch.device | str) -> "RealData":
+        pre = Preprocess(self.pre.mean, self.pre.std, self.pre.zca.to(device) if self.pre.zca else None)
+        return RealData(self.info, Split(self.train.images.to(device), self.train.labels.to(device)),
+                        Split(self.test.images.to(device), self.test.labels.to(device)), pre,
+                        [i.to(device) for i in self.class_index])
+
+    def count(self, c: int) -> int:
+        return int(self.class_index[c].numel())
+
+    def sample_indices(self, c: int, n: int, generator: torch.Generator) -> Tensor:
+        """n training indices of class c: without replacement when the class has enough
+        images, with replacement otherwise. Drawn on the generator's (CPU) stream."""
+        idx = self.class_index[c]
+        m = idx.numel()
+        if n <= m:
+            pick = torch.randperm(m, generator=generator)[:n]
+        else:
+            pick = torch.randint(m, (n,), generator=generator)
+        return idx[pick.to(idx.device)]
+
+    def images_of(self, c: int, n: int, generator: torch.Generator) -> Tensor:
+        """[n, C, H, W] model-input images of class c."""
+        return self.get(self.sample_indices(c, n, generator))
+
+    def get(self, idx: Tensor) -> Tensor:
+        return self.pre(self.train.images[idx.to(self.device)])
+
+    def random_subset(self, ipc: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """`ipc` random training images per class (the random baseline): images, labels."""
+        idx = torch.cat([self.sample_indices(c, ipc, generator) for c in range(self.info.num_classes)])
+        return self.get(idx), self.train.labels[idx]
+
+    def with_preprocess(self, pre: Preprocess) -> "RealData":
+        """The same images seen through another preprocess (a synthetic set's own ZCA/stats)."""
+        if pre.zca is not None:
+            pre = Preprocess(pre.mean, pre.std, pre.zca.to(self.device))
+        return RealData(self.info, self.train, self.test, pre, self.class_index)
+
+    def test_batches(self, batch: int = 1024) -> Iterator[tuple[Tensor, Tensor]]:
+        for s in range(0, self.test.labels.numel(), batch):
+            yield self.pre(self.test.images[s:s + batch]), self.test.labels[s:s + batch]
+
+
+# --------------------------------------------------------------------------------------------
+# where files are looked for
+
+SYSTEM_DIRS = {"fashion-mnist": ["/usr/share/datasets/fashion-mnist"],
+               "mnist": ["/usr/share/datasets/mnist"]}
+APT_HINT = {"fashion-mnist": "apt-get install -y dataset-fashion-mnist"}
+
+
+def search_roots(data_root: str | os.PathLike | None) -> list[Path]:
+    roots: list[Path] = []
+    if data_root:
+        roots.append(Path(data_root).expanduser())
+    if os.environ.get("CONDENSE_DATA"):
+        roots.append(Path(os.environ["CONDENSE_DATA"]).expanduser())
+    roots.append(Path("~/.cache/condense/data").expanduser())
+    return roots
+
+
+def missing_dataset(name: str, looked: list[Path], extra: str = "") -> CondenseError:
+    how = [f"pass --download to fetch it with torchvision into {looked[0]}"]
+    if name in APT_HINT:
+        how.insert(0, f"run `{APT_HINT[name]}` (as root; run `apt-get update` first)")
+    where = ", ".join(str(p) for p in looked)
+    return CondenseError(
+        f"Dataset '{name}' was not found. Looked in: {where}.{(' ' + extra) if extra else ''} "
+        f"To get it, {' or '.join(how)}; or point --data-root (or $CONDENSE_DATA) at a folder that has it.")
+
+
+# --------------------------------------------------------------------------------------------
+# the registry: a loader returns (train Split, test Split, DatasetInfo)
+
+Loader = Callable[[list[Path], bool, str], tuple[Split, Split, DatasetInfo]]
+DATASETS: Registry[Loader] = Registry("dataset")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped), the MNIST family's format."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype != 0x08:
+        raise CondenseError(f"{path} is not an unsigned-byte IDX file. Delete it and fetch the dataset again.")
+    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(shape)):
+        raise CondenseError(f"{path} is truncated ({arr.size} of {int(np.prod(shape))} values). "
+                            f"Delete it and fetch the dataset again.")
+    return arr.reshape(shape)
+
+
+def _find_idx(dirs: list[Path], stem: str) -> Path | None:
+    for d in dirs:
+        for name in (stem, stem + ".gz"):
+            if (d / name).is_file():
+                return d / name
+    return None
+
+
+def _mnist_like(name: str, tv_folder: str, class_names: list[str], mean: float, std: float,
+                allow_flip: bool) -> Loader:
+    def load(roots: list[Path], download: bool, spec: str) -> tuple[Split, Split, DatasetInfo]:
+        info = DatasetInfo(name, 10, 1, 28, (mean,), (std,), class_names, allow_flip)
+        dirs: list[Path] = []
+        for r in roots + [Path(p) for p in SYSTEM_DIRS.get(name, [])]:
+            dirs += [r, r / name, r / tv_folder / "raw"]
+        stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"]
+        found = [_find_idx(dirs, s) for s in stems]
+        if not all(found) and download:
+            import torchvision
+
+            cls = getattr(torchvision.datasets, tv_folder)
+            roots[0].mkdir(parents=True, exist_ok=True)
+            cls(str(roots[0]), train=True, download=True)
+            cls(str(roots[0]), train=False, download=True)
+            found = [_find_idx(dirs, s) for s in stems]
+        if not all(found):
+            looked = roots + [Path(p) for p in SYSTEM_DIRS.get(name, [])]
+            raise missing_dataset(name, looked, "Expected the four IDX files (train-images-idx3-ubyte[.gz], ...).")
+        xtr, ytr, xte, yte = (read_idx(p) for p in found)  # type: ignore[arg-type]
+        train = Split(torch.from_numpy(xtr.copy()).unsqueeze(1), torch.from_numpy(ytr.astype(np.int64)))
+        test = Split(torch.from_numpy(xte.copy()).unsqueeze(1), torch.from_numpy(yte.astype(np.int64)))
+        return train, test, info
+
+    return load
+
+
+FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                  "Bag", "Ankle boot"]
+DATASETS.register("fashion-mnist")(
+    _mnist_like("fashion-mnist", "FashionMNIST", FMNIST_CLASSES, 0.2861, 0.3530, allow_flip=True))
+DATASETS.register("mnist")(
+    _mnist_like("mnist", "MNIST", [str(i) for i in range(10)], 0.1307, 0.3081, allow_flip=False))
+
+
+def _torchvision_rgb(name: str, cls_name: str, mean: tuple[float, ...], std: tuple[float, ...],
+                     allow_flip: bool = True) -> Loader:
+    def load(roots: list[Path], download: bool, spec: str) -> tuple[Split, Split, DatasetInfo]:
+        import torchvision
+
+        cls = getattr(torchvision.datasets, cls_name)
+
+        def make(root: Path, train: bool, dl: bool):
+            if cls_name == "SVHN":
+                return cls(str(root), split="train" if train else "test", download=dl)
+            return cls(str(root), train=train, download=dl)
+
+        for root in roots:
+            try:
+                tr, te = make(root, True, False), make(root, False, False)
+                break
+            except (RuntimeError, FileNotFoundError, OSError):
+                continue
+        else:
+            if not download:
+                raise missing_dataset(name, roots)
+            roots[0].mkdir(parents=True, exist_ok=True)
+            tr, te = make(roots[0], True, True), make(roots[0], False, True)
+
+        def split(ds) -> Split:
+            x = torch.from_numpy(np.asarray(ds.data))
+            x = x if x.shape[1] == 3 else x.permute(0, 3, 1, 2)  # CIFAR stores NHWC, SVHN NCHW
+            y = torch.as_tensor(np.asarray(ds.labels if hasattr(ds, "labels") else ds.targets), dtype=torch.int64)
+            return Split(x.contiguous(), y)
+
+        names = list(getattr(tr, "classes", [str(i) for i in range(10)]))
+        info = DatasetInfo(name, len(names), 3, 32, mean, std, names, allow_flip)
+        return split(tr), split(te), info
+
+    return load
+
+
+DATASETS.register("cifar10")(_torchvision_rgb("cifar10", "CIFAR10", (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)))
+DATASETS.register("cifar100")(
+    _torchvision_rgb("cifar100", "CIFAR100", (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)))
+DATASETS.register("svhn")(
+    _torchvision_rgb("svhn", "SVHN", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), allow_flip=False))
+
+
+def _load_folder(folder: Path, classes: list[str], size: int | None) -> Split:
+    from PIL import Image
+
+    xs, ys = [], []
+    for c, cname in enumerate(classes):
+        files = sorted(p for p in (folder / cname).rglob("*") if p.suffix.lower() in
+                       {".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+        for p in files:
+            img = Image.open(p).convert("RGB")
+            if size is not None and img.size != (size, size):
+                s = size / min(img.size)
+                img = img.resize((max(size, round(img.size[0] * s)), max(size, round(img.size[1] * s))))
+                left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
+                img = img.crop((left, top, left + size, top + size))
+            xs.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
+            ys.append(c)
+    if not xs:
+        raise CondenseError(f"No images found under {folder}. Expected {folder}/<class>/<image files>.")
+    shapes = {tuple(x.shape) for x in xs}
+    if len(shapes) > 1:
+        raise CondenseError(f"Images under {folder} have different sizes {sorted(shapes)[:3]}...; "
+                            f"add '@SIZE' to the dataset name (imagefolder:PATH@64) to resize them.")
+    return Split(torch.stack(xs), torch.tensor(ys, dtype=torch.int64))
+
+
+def _channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    f = x.float() / 255.0
+    return tuple(f.mean((0, 2, 3)).tolist()), tuple(f.std((0, 2, 3)).tolist())
+
+
+@DATASETS.register("imagefolder")
+def load_imagefolder(roots: list[Path], download: bool, spec: str) -> tuple[Split, Split, DatasetInfo]:
+    """`imagefolder:PATH[@SIZE]`: PATH/train/<class>/* and PATH/val (or test)/<class>/*."""
+    path, _, size_s = spec.partition("@")
+    size = int(size_s) if size_s else None
+    root = Path(path).expanduser()
+    if not (root / "train").is_dir():
+        raise CondenseError(f"imagefolder:{path}: no folder {root / 'train'}. Expected PATH/train/<class>/... and "
+                            f"PATH/val/<class>/... (or PATH/test).")
+    test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+    if test_dir is None:
+        raise CondenseError(f"imagefolder:{path}: no {root / 'val'} or {root / 'test'} folder for the test split.")
+    classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+    train = _load_folder(root / "train", classes, size)
+    test = _load_folder(test_dir, classes, size)
+    mean, std = _channel_stats(train.images)
+    info = DatasetInfo(f"imagefolder:{spec}", len(classes), 3, int(train.images.shape[-1]), mean, std, classes)
+    return train, test, info
+
+
+@DATASETS.register("tiny-imagenet")
+def load_tiny(roots: list[Path], download: bool, spec: str) -> tuple[Split, Split, DatasetInfo]:
+    """Tiny-ImageNet-200 as distributed (train/<wnid>/images/*.JPEG, val/images + val_annotations.txt);
+    the decoded tensors are cached beside it as tiny-imagenet.pt."""
+    for r in roots:
+        base = r / "tiny-imagenet-200"
+        if (base / "train").is_dir():
+            break
+    else:
+        raise missing_dataset("tiny-imagenet", roots, "Expected tiny-imagenet-200/ (unzip "
+                              "http://cs231n.stanford.edu/tiny-imagenet-200.zip there); torchvision cannot download it.")
+    cache = base.parent / "tiny-imagenet.pt"
+    if cache.is_file():
+        d = torch.load(cache)
+        train, test, classes = Split(*d["train"]), Split(*d["test"]), d["classes"]
+    else:
+        from PIL import Image
+
+        classes = sorted(p.name for p in (base / "train").iterdir() if p.is_dir())
+        train = _load_folder(base / "train", classes, 64)
+        index = {c: i for i, c in enumerate(classes)}
+        xs, ys = [], []
+        for line in (base / "val" / "val_annotations.txt").read_text().splitlines():
+            fname, wnid = line.split("\t")[:2]
+            img = Image.open(base / "val" / "images" / fname).convert("RGB")
+            xs.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
+            ys.append(index[wnid])
+        test = Split(torch.stack(xs), torch.tensor(ys))
+        torch.save({"train": (train.images, train.labels), "test": (test.images, test.labels), "classes": classes}, cache)
+    info = DatasetInfo("tiny-imagenet", 200, 3, 64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), classes)
+    return train, test, info
+
+
+def load_dataset(name: str, data_root: str | os.PathLike | None = None, download: bool = False,
+                 zca: bool = False, device: torch.device | str = "cpu") -> RealData:
+    """Load a registered dataset by name (`fashion-mnist`, `cifar10`, `imagefolder:PATH`, ...)."""
+    key, _, spec = name.partition(":")
+    loader = DATASETS.get(key)
+    train, test, info = loader(search_roots(data_root), download, spec)
+    pre = Preprocess(info.mean, info.std)
+    if zca:
+        pre = Preprocess(info.mean, info.std, Zca.fit(train.images.float() / 255.0))
+    return RealData(info, train, test, pre).to(device)

@@ -1,0 +1,138 @@
+"""The distillation driver: config, the outer loop, progress, checkpoints, resume, saving.
+
+Algorithms do math only; everything with a side effect happens here. A run checkpoints to
+`OUT.ckpt` every `ckpt_every` iterations and on Ctrl-C (atomic writes), and `resume` continues
+from it so that an interrupted run ends with the same file as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from condense.errors import CondenseError
+from condense.progress import Reporter
+from condense.synthetic import SyntheticSet, atomic_path
+
+CKPT_VERSION = 1
+
+
+def assets_dir() -> Path:
+    """The packaged `assets/` folder (presets, protocols)."""
+    return Path(str(resources.files("condense.assets")))
+
+
+def preset_values(algo: str, preset: str | None, dataset: str, ipc: int) -> dict[str, Any]:
+    """Settings from `assets/presets/<algo>.toml`, most specific last:
+    [preset] < [preset.ipcN] < [preset.<dataset>] < [preset.<dataset>.ipcN]."""
+    if preset is None:
+        return {}
+    path = assets_dir() / "presets" / f"{algo}.toml"
+    table = tomllib.loads(path.read_text()) if path.is_file() else {}
+    if preset not in table:
+        have = ", ".join(sorted(table)) or "none"
+        raise CondenseError(f"--algo {algo} has no preset '{preset}' (presets available: {have}). "
+                            f"Drop --preset to use the method's defaults, or pick one of those.")
+
+    def scalars(t: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in t.items() if not isinstance(v, dict)}
+
+    p = table[preset]
+    out = scalars(p)
+    out.update(scalars(p.get(f"ipc{ipc}", {})))
+    ds = p.get(dataset, {})
+    out.update(scalars(ds))
+    out.update(scalars(ds.get(f"ipc{ipc}", {})))
+    return out
+
+
+@dataclass
+class RunSpec:
+    """One distillation run, as the CLI describes it."""
+
+    algo: str
+    dataset: str = "fashion-mnist"
+    ipc: int = 10
+    out: Path = Path("synth.h5")
+    seed: int = 0
+    preset: str | None = None
+    iters: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    ckpt_every: int = 100
+    resume: Path | None = None
+    eval_every: int = 0
+    zca: bool = False
+
+
+def run_distill(algo, spec: RunSpec, reporter: Reporter | None = None,
+                evaluate: Callable[[SyntheticSet], float] | None = None) -> SyntheticSet:
+    """Run a constructed algorithm (see `algorithms.base.Algorithm`) and write `spec.out`.
+
+    evaluate: optional quick evaluation run every `spec.eval_every` iterations (its accuracy is
+    shown next to the progress bar).
+    """
+    reporter = reporter or Reporter()
+    cfg = algo.cfg
+    ckpt_path = Path(str(spec.out) + ".ckpt")
+    identity = {"algo": algo.name, "config": asdict(cfg), "dataset": algo.real.info.name, "seed": spec.seed,
+                "pixel_space": algo.real.pre.pixel_space}
+
+    start = 0
+    if spec.resume is not None:
+        start = _resume(algo, spec.resume, identity)
+        reporter.log(f"resumed from {spec.resume} at iteration {start}")
+    else:
+        algo.init()
+
+    def checkpoint(it: int) -> None:
+        with atomic_path(ckpt_path) as tmp:
+            torch.save({"version": CKPT_VERSION, "identity": identity, "iteration": it,
+                        "state": algo.state_dict()}, tmp)
+
+    t0 = time.time()
+    it = start
+    try:
+        with reporter.task(f"{algo.name} ipc {cfg.ipc}", cfg.iters) as update:
+            update(advance=start)
+            for it in range(start, cfg.iters):
+                logs = algo.step(it)
+                if spec.eval_every and (it + 1) % spec.eval_every == 0 and evaluate is not None:
+                    logs["acc"] = evaluate(algo.synthetic())
+                update(**logs)
+                if spec.ckpt_every and (it + 1) % spec.ckpt_every == 0 and it + 1 < cfg.iters:
+                    checkpoint(it + 1)
+            it = cfg.iters
+    except KeyboardInterrupt:
+        checkpoint(it)
+        raise CondenseError(f"Interrupted at iteration {it} of {cfg.iters}; the state is saved in {ckpt_path}. "
+                            f"Continue with the same command plus --resume.") from None
+    synth = algo.synthetic()
+    synth.meta.config = {**synth.meta.config, "seconds": round(time.time() - t0, 2), "preset": spec.preset}
+    synth.save(spec.out)
+    ckpt_path.unlink(missing_ok=True)
+    return synth
+
+
+def _resume(algo, path: Path, identity: dict[str, Any]) -> int:
+    if not path.is_file():
+        raise CondenseError(f"--resume: no checkpoint at {path}. A run writes OUT.ckpt beside its output "
+                            f"every --ckpt-every iterations; start without --resume to begin afresh.")
+    try:
+        ck = torch.load(path, map_location=algo.real.device, weights_only=False)
+    except Exception as e:  # noqa: BLE001  (any unreadable file is the same user problem)
+        raise CondenseError(f"--resume: {path} is not a readable checkpoint ({type(e).__name__}). "
+                            f"Delete it and start again without --resume.") from None
+    if not isinstance(ck, dict) or ck.get("version") != CKPT_VERSION:
+        raise CondenseError(f"--resume: {path} is not a condense checkpoint of this version.")
+    theirs = ck["identity"]
+    if theirs != identity:
+        diff = [k for k in identity if theirs.get(k) != identity[k]]
+        raise CondenseError(f"--resume: {path} belongs to a different run (it differs in: {', '.join(diff)}). "
+                            f"Resume with the same algorithm, dataset, seed and settings, or start afresh.")
+    algo.load_state_dict(ck["state"])
+    return int(ck["iteration"])

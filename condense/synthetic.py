@@ -1,0 +1,400 @@
+"""`SyntheticSet` and the self-describing `synth.h5` file format.
+
+| path            | type                   | meaning                                                     |
+|-----------------|------------------------|-------------------------------------------------------------|
+| /images         | float32 [N, C, H, W]   | model-input space (normalized, or ZCA-whitened)             |
+| /labels         | int64 [N]              | hard labels                                                 |
+| /soft_labels    | float32 [N, K], opt.   | attrs kind (logits or probs), temperature, source           |
+| /lr             | float32 scalar, opt.   | learned evaluation learning rate                            |
+| /compact/...    | opt.                   | the stored representation when smaller than /images        |
+| /zca/...        | opt.                   | mean, matrix, inverse of the ZCA whitening                  |
+| root attrs      |                        | format, format_version, dataset, class names, ipc, shape,   |
+|                 |                        | pixel_space, mean, std, algorithm, config (JSON), seed,     |
+|                 |                        | condense_version, created, protocol, teacher                |
+
+Writes go to a temporary file beside the target and are renamed into place, so a crash never
+leaves a half-written set. Reading refuses foreign, truncated, newer-version and inconsistent
+files with a message that names the file and the problem.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from condense.data import Preprocess, Zca
+from condense.errors import CondenseError
+
+FORMAT = "condense-synthetic"
+FORMAT_VERSION = 1
+
+
+def package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("condense-dd")
+    except Exception:  # running from a source tree that is not installed
+        return "0+unknown"
+
+
+@dataclass
+class SetMeta:
+    """Everything needed to evaluate a synthetic set correctly, stored as root attributes."""
+
+    dataset: str
+    num_classes: int
+    class_names: list[str]
+    ipc: int
+    channels: int
+    height: int
+    width: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    pixel_space: str = "normalized"  # normalized | zca
+    algorithm: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    protocol: str = "dsa"  # the evaluation protocol the method is meant for
+    teacher: str = ""  # how to rebuild the soft-label teacher, when evaluation needs one
+    condense_version: str = field(default_factory=package_version)
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def to_attrs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("config", "class_names"):
+                v = json.dumps(v)
+            elif f.name in ("mean", "std"):
+                v = np.asarray(v, dtype=np.float64)
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_attrs(cls, attrs: Any) -> "SetMeta":
+        kw: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in attrs:
+                continue
+            v = attrs[f.name]
+            if f.name in ("config", "class_names"):
+                v = json.loads(v)
+            elif f.name in ("mean", "std"):
+                v = tuple(float(t) for t in np.atleast_1d(v))
+            elif isinstance(v, bytes):
+                v = v.decode()
+            elif isinstance(v, np.generic):
+                v = v.item()
+            kw[f.name] = v
+        return cls(**kw)
+
+
+@dataclass
+class SyntheticSet(Dataset):
+    """A distilled set: images in model-input space, labels, and what is needed to use them.
+
+    Behaves as a torch `Dataset` yielding `(image, label)`; with `soft=True` the target is the
+    soft label row instead.
+
+    >>> s = condense.load("synth.h5")
+    >>> image, label = s[0]
+    >>> loader = torch.utils.data.DataLoader(s, batch_size=256, shuffle=True)
+    """
+
+    images: Tensor  # float32 [N, C, H, W], model-input space
+    labels: Tensor  # int64 [N]
+    meta: SetMeta
+    soft_labels: Tensor | None = None  # float32 [N, K]
+    soft_attrs: dict[str, Any] = field(default_factory=dict)  # kind, temperature, source
+    lr: float | None = None  # learned evaluation learning rate
+    compact: dict[str, Tensor] = field(default_factory=dict)  # stored representation, when smaller
+    compact_attrs: dict[str, Any] = field(default_factory=dict)  # e.g. decode factor
+    zca: Zca | None = None
+    soft: bool = False  # __getitem__ returns soft labels as targets
+
+    # ---- Dataset -----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        if self.soft:
+            if self.soft_labels is None:
+                raise CondenseError("This synthetic set has no soft labels; load it with soft=False.")
+            return self.images[i], self.soft_labels[i]
+        return self.images[i], self.labels[i]
+
+    # ---- views -------------------------------------------------------------------------------
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess(self.meta.mean, self.meta.std, self.zca)
+
+    def to_pixels(self) -> Tensor:
+        """[N, C, H, W] in [0, 1] pixel space (ZCA inverted, normalization undone)."""
+        return self.preprocess.to_pixels(self.images)
+
+    def counts(self) -> list[int]:
+        return torch.bincount(self.labels, minlength=self.meta.num_classes).tolist()
+
+    def stored_bytes(self) -> int:
+        """Bytes of what the method stores: the compact representation when there is one,
+        else the images; plus soft labels and the learned lr."""
+        main = sum(t.numel() * t.element_size() for t in self.compact.values()) if self.compact else \
+            self.images.numel() * self.images.element_size()
+        soft = 0 if self.soft_labels is None else self.soft_labels.numel() * self.soft_labels.element_size()
+        return main + soft + (4 if self.lr is not None else 0) + self.labels.numel() * 8
+
+    def stored_images(self) -> int:
+        """How many images the file stores (compact ones if present), vs `len(self)` trained on."""
+        if "images" in self.compact:
+            return int(self.compact["images"].shape[0])
+        return len(self)
+
+    def subset_per_class(self, n: int) -> "SyntheticSet":
+        """The first n images of every class (e.g. the undecoded count for fair comparison)."""
+        keep = torch.cat([torch.nonzero(self.labels == c).flatten()[:n] for c in range(self.meta.num_classes)])
+        return SyntheticSet(self.images[keep], self.labels[keep], self.meta,
+                            None if self.soft_labels is None else self.soft_labels[keep], dict(self.soft_attrs),
+                            self.lr, {}, {}, self.zca)
+
+    # ---- file I/O ----------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write `path` atomically (temporary file in the same folder, then rename)."""
+        import h5py
+
+        path = Path(path)
+        self.validate(str(path))
+        with atomic_path(path) as tmp:
+            with h5py.File(tmp, "w") as f:
+                for k, v in self.meta.to_attrs().items():
+                    f.attrs[k] = v
+                f.attrs["format"] = FORMAT
+                f.attrs["format_version"] = FORMAT_VERSION
+                f.create_dataset("images", data=self.images.detach().float().cpu().numpy())
+                f.create_dataset("labels", data=self.labels.detach().long().cpu().numpy())
+                if self.soft_labels is not None:
+                    d = f.create_dataset("soft_labels", data=self.soft_labels.detach().float().cpu().numpy())
+                    for k, v in self.soft_attrs.items():
+                        d.attrs[k] = v
+                if self.lr is not None:
+                    f.create_dataset("lr", data=np.float32(self.lr))
+                if self.compact:
+                    g = f.create_group("compact")
+                    for k, v in self.compact.items():
+                        g.create_dataset(k, data=v.detach().cpu().numpy())
+                    for k, v in self.compact_attrs.items():
+                        g.attrs[k] = v
+                if self.zca is not None:
+                    g = f.create_group("zca")
+                    g.create_dataset("mean", data=self.zca.mean.cpu().numpy())
+                    g.create_dataset("matrix", data=self.zca.matrix.cpu().numpy())
+                    g.create_dataset("inverse", data=self.zca.inverse.cpu().numpy())
+                    g.attrs["eps"] = self.zca.eps
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, soft: bool = False) -> "SyntheticSet":
+        """Read and validate a `synth.h5` written by condense."""
+        import h5py
+
+        p = Path(path)
+        if not p.is_file():
+            raise CondenseError(f"{p}: no such file. Check the path (distill writes synth.h5 by default).")
+        try:
+            f = h5py.File(p, "r")
+        except OSError as e:
+            raise CondenseError(f"{p}: not a readable HDF5 file ({_short(e)}). It may be truncated or not a "
+                                f"condense synthetic set; re-create it with `condense distill`.") from None
+        try:
+            with f:
+                fmt = f.attrs.get("format")
+                fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+                if fmt != FORMAT:
+                    raise CondenseError(f"{p}: not a condense synthetic set (format attribute is {fmt!r}, expected "
+                                        f"{FORMAT!r}). To bring in tensors from other tools, build a SyntheticSet in "
+                                        f"Python and call .save().")
+                version = int(f.attrs.get("format_version", -1))
+                if version > FORMAT_VERSION:
+                    raise CondenseError(f"{p}: written by a newer condense (format version {version}; this one reads "
+                                        f"up to {FORMAT_VERSION}). Upgrade condense to read it.")
+                for name in ("images", "labels"):
+                    if name not in f:
+                        raise CondenseError(f"{p}: the /{name} dataset is missing; the file is incomplete. "
+                                            f"Re-create it with `condense distill`.")
+                meta = SetMeta.from_attrs(f.attrs)
+                images = torch.from_numpy(np.asarray(f["images"], dtype=np.float32))
+                labels = torch.from_numpy(np.asarray(f["labels"], dtype=np.int64))
+                soft_labels, soft_attrs = None, {}
+                if "soft_labels" in f:
+                    soft_labels = torch.from_numpy(np.asarray(f["soft_labels"], dtype=np.float32))
+                    soft_attrs = {k: _plain(v) for k, v in f["soft_labels"].attrs.items()}
+                lr = float(np.asarray(f["lr"])) if "lr" in f else None
+                compact, compact_attrs = {}, {}
+                if "compact" in f:
+                    compact = {k: torch.from_numpy(np.asarray(v)) for k, v in f["compact"].items()}
+                    compact_attrs = {k: _plain(v) for k, v in f["compact"].attrs.items()}
+                zca = None
+                if "zca" in f:
+                    z = f["zca"]
+                    zca = Zca(*(torch.from_numpy(np.asarray(z[k])) for k in ("mean", "matrix", "inverse")),
+                              eps=float(z.attrs.get("eps", 0.1)))
+        except CondenseError:
+            raise
+        except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
+            raise CondenseError(f"{p}: the file is damaged or truncated ({_short(e)}). Re-create it with "
+                                f"`condense distill`.") from None
+        s = cls(images, labels, meta, soft_labels, soft_attrs, lr, compact, compact_attrs, zca, soft)
+        s.validate(str(p))
+        return s
+
+    def validate(self, where: str = "synthetic set") -> None:
+        """Refuse inconsistent contents (shapes, label range, non-finite values)."""
+        m, x, y = self.meta, self.images, self.labels
+
+        def bad(msg: str) -> CondenseError:
+            return CondenseError(f"{where}: {msg}. The set is inconsistent; re-create it with `condense distill`.")
+
+        if x.ndim != 4 or tuple(x.shape[1:]) != (m.channels, m.height, m.width):
+            raise bad(f"images have shape {tuple(x.shape)} but the metadata says [N, {m.channels}, {m.height}, "
+                      f"{m.width}]")
+        if y.ndim != 1 or y.shape[0] != x.shape[0]:
+            raise bad(f"{tuple(y.shape)} labels for {x.shape[0]} images")
+        if len(m.class_names) != m.num_classes:
+            raise bad(f"{len(m.class_names)} class names for {m.num_classes} classes")
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= m.num_classes):
+            raise bad(f"labels span [{int(y.min())}, {int(y.max())}] outside [0, {m.num_classes - 1}]")
+        if not torch.isfinite(x).all():
+            raise bad("images contain NaN or infinite values")
+        if m.pixel_space not in ("normalized", "zca"):
+            raise bad(f"unknown pixel_space '{m.pixel_space}'")
+        if (m.pixel_space == "zca") != (self.zca is not None):
+            raise bad("pixel_space and the presence of the /zca matrices disagree")
+        if len(m.mean) != m.channels or len(m.std) != m.channels:
+            raise bad(f"mean/std have {len(m.mean)}/{len(m.std)} entries for {m.channels} channels")
+        if self.soft_labels is not None:
+            if tuple(self.soft_labels.shape) != (x.shape[0], m.num_classes):
+                raise bad(f"soft labels have shape {tuple(self.soft_labels.shape)}, expected "
+                          f"[{x.shape[0]}, {m.num_classes}]")
+            if not torch.isfinite(self.soft_labels).all():
+                raise bad("soft labels contain NaN or infinite values")
+        if self.lr is not None and not (np.isfinite(self.lr) and self.lr > 0):
+            raise bad(f"learned lr {self.lr} is not a positive finite number")
+
+
+def load(path: str | os.PathLike, soft: bool = False) -> SyntheticSet:
+    """`condense.load("synth.h5")`: a validated SyntheticSet (a torch Dataset)."""
+    return SyntheticSet.load(path, soft=soft)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _short(e: BaseException) -> str:
+    return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+
+
+@contextmanager
+def atomic_path(path: Path, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if directory and path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# exporters: the field's other formats
+
+
+def export_pt(s: SyntheticSet, out_dir: str | os.PathLike) -> Path:
+    """`images_best.pt`, `labels_best.pt` (and `lr_best.pt`) as MTT/DATM/DD-Ranking read them:
+    images in model-input space, labels int64 (soft labels as `labels_best.pt` when present,
+    as DATM does, with the hard ones in `hard_labels_best.pt`)."""
+    out = Path(out_dir)
+    with atomic_path(out, directory=True) as tmp:
+        torch.save(s.images.detach().cpu().clone(), tmp / "images_best.pt")
+        if s.soft_labels is not None:
+            torch.save(s.soft_labels.detach().cpu().clone(), tmp / "labels_best.pt")
+            torch.save(s.labels.detach().cpu().clone(), tmp / "hard_labels_best.pt")
+        else:
+            torch.save(s.labels.detach().cpu().clone(), tmp / "labels_best.pt")
+        if s.lr is not None:
+            torch.save(torch.tensor(s.lr), tmp / "lr_best.pt")
+    return out
+
+
+def export_imagefolder(s: SyntheticSet, out_dir: str | os.PathLike) -> Path:
+    """One folder per class (`000_<name>/img_00000.png`), pixels in [0, 1] saved as 8-bit PNG."""
+    from PIL import Image
+
+    out = Path(out_dir)
+    pixels = (s.to_pixels() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    with atomic_path(out, directory=True) as tmp:
+        seen = [0] * s.meta.num_classes
+        for img, c in zip(pixels, s.labels.tolist()):
+            safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in s.meta.class_names[c])
+            d = tmp / f"{c:03d}_{safe}"
+            d.mkdir(exist_ok=True)
+            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(d / f"img_{seen[c]:05d}.png")
+            seen[c] += 1
+    return out
+
+
+def save_grid(s: SyntheticSet, path: str | os.PathLike, per_class: int = 10, upscale: int = 2) -> Path:
+    """A PNG with one row per class (at most `per_class` images each), in pixel space."""
+    from PIL import Image
+
+    rows = []
+    pix = s.to_pixels().cpu()
+    c_, h, w = pix.shape[1:]
+    for c in range(s.meta.num_classes):
+        imgs = pix[s.labels.cpu() == c][:per_class]
+        row = torch.ones(per_class, c_, h, w)
+        row[: len(imgs)] = imgs
+        rows.append(row)
+    grid = torch.stack(rows)  # [K, per_class, C, H, W]
+    pad = 2
+    grid = torch.nn.functional.pad(grid, (pad, pad, pad, pad), value=1.0)
+    k, n, c_, hh, ww = grid.shape
+    canvas = grid.permute(0, 3, 1, 4, 2).reshape(k * hh, n * ww, c_)
+    arr = (canvas * 255).round().to(torch.uint8).numpy()
+    img = Image.fromarray(arr[..., 0] if c_ == 1 else arr)
+    if upscale > 1:
+        img = img.resize((img.width * upscale, img.height * upscale), Image.NEAREST)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return path

@@ -1,0 +1,166 @@
+"""The one training loop: evaluators, teachers and experts all train networks through it.
+
+It supports what the field's protocols need: SGD or AdamW, step / multistep / cosine
+schedules, Siamese-free DSA augmentation drawn per sample, hard or soft (KL) targets. It is
+deterministic on CPU for a given seed: shuffling and augmentation draw from an explicit
+generator, never from the global RNG. The hot loop never synchronizes with the host.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from condense.augment import DSA, make_dsa
+from condense.data import RealData
+from condense.errors import CondenseError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train one network. The defaults are the DSA evaluation protocol."""
+
+    epochs: int = 1000  # DSA/DM/MTT evaluate with 1000 epochs
+    batch: int = 256  # the DC/DSA evaluation batch
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.01  # DC/DSA; trajectory matching replaces it by the learned lr
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 5e-4  # DC/DSA value
+    schedule: str = "step"  # step: x gamma at each milestone | cosine: to 0 | constant
+    milestones: tuple[float, ...] = (0.5,)  # fractions of the epochs (DSA: one decay at half)
+    gamma: float = 0.1  # DSA: x0.1
+    augment: str = "color_crop_cutout_flip_scale_rotate"  # DSA strategy, or "none"
+    loss: str = "ce"  # ce (hard labels) | kl (soft targets, logits)
+    temperature: float = 1.0  # KL temperature for soft targets
+    cutmix: float = 0.0  # probability of CutMix per batch (NCFM protocol); 0 = off
+
+    def with_(self, **kw: Any) -> "TrainConfig":
+        known = {f.name for f in fields(self)}
+        bad = sorted(set(kw) - known)
+        if bad:
+            raise CondenseError(f"Unknown training setting(s) {bad}. Known: {', '.join(sorted(known))}.")
+        return replace(self, **kw)
+
+
+@dataclass
+class TrainData:
+    """n examples and a way to fetch a batch of them by index: `(inputs, targets)`."""
+
+    n: int
+    fetch: Callable[[Tensor], tuple[Tensor, Tensor]]
+    size: int  # image side, for augmentation ranges
+
+    @staticmethod
+    def tensors(images: Tensor, targets: Tensor) -> "TrainData":
+        return TrainData(int(images.shape[0]), lambda i: (images[i], targets[i]), int(images.shape[-1]))
+
+    @staticmethod
+    def real(real: RealData) -> "TrainData":
+        """The whole real training split, preprocessed batch by batch."""
+        return TrainData(int(real.train.labels.numel()), lambda i: (real.get(i), real.train.labels[i]),
+                         real.info.size)
+
+
+def make_optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    raise CondenseError(f"Unknown optimizer '{cfg.optimizer}'. Use sgd or adamw.")
+
+
+def lr_at(cfg: TrainConfig, base_lr: float, epoch: int) -> float:
+    """Learning rate for `epoch` (0-based). step: base * gamma^(milestones passed)."""
+    if cfg.schedule == "constant":
+        return base_lr
+    if cfg.schedule == "step":
+        passed = sum(epoch >= int(m * cfg.epochs) for m in cfg.milestones)
+        return base_lr * cfg.gamma ** passed
+    if cfg.schedule == "cosine":
+        return 0.5 * base_lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
+    raise CondenseError(f"Unknown schedule '{cfg.schedule}'. Use step, cosine or constant.")
+
+
+def cutmix(x: Tensor, y: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor, float]:
+    """CutMix with lambda ~ Beta(1, 1): returns mixed x, y, the partner labels and lambda."""
+    b, _, h, w = x.shape
+    lam = float(torch.rand(1, generator=g))
+    perm = torch.randperm(b, generator=g).to(x.device)
+    cut_h, cut_w = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+    cy, cx = int(torch.randint(h, (1,), generator=g)), int(torch.randint(w, (1,), generator=g))
+    y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+    x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+    x = x.clone()
+    x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
+    lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+    return x, y, y[perm], lam
+
+
+def loss_fn(cfg: TrainConfig, logits: Tensor, target: Tensor) -> Tensor:
+    if cfg.loss == "ce":
+        return F.cross_entropy(logits, target)
+    if cfg.loss == "kl":
+        t = cfg.temperature
+        return F.kl_div(F.log_softmax(logits / t, 1), F.softmax(target / t, 1), reduction="batchmean") * t * t
+    raise CondenseError(f"Unknown loss '{cfg.loss}'. Use ce or kl.")
+
+
+def train_model(model: nn.Module, data: TrainData, cfg: TrainConfig, generator: torch.Generator,
+                lr: float | None = None, aug: DSA | None = None,
+                on_epoch: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None,
+                start_epoch: int = 0, opt_state: dict | None = None, allow_flip: bool = True) -> nn.Module:
+    """Train `model` in place for `cfg.epochs` epochs and return it.
+
+    lr: overrides `cfg.lr` (the learned lr of trajectory matching).
+    aug: the augmentation (default: DSA with `cfg.augment`), drawn per sample from `generator`.
+    on_epoch(epoch, model, optimizer): called after every epoch (progress, checkpoints).
+    start_epoch, opt_state: resume an interrupted run (with the generator state restored too).
+    allow_flip: False drops the flip family (digits must not be mirrored).
+    """
+    base_lr = cfg.lr if lr is None else lr
+    if aug is None:
+        aug = make_dsa(cfg.augment, allow_flip)
+    opt = make_optimizer(model.parameters(), cfg, base_lr)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+    device = next(model.parameters()).device
+    model.train()
+    for epoch in range(start_epoch, cfg.epochs):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, base_lr, epoch)
+        order = torch.randperm(data.n, generator=generator)
+        for s in range(0, data.n, cfg.batch):
+            idx = order[s:s + cfg.batch].to(device)
+            x, y = data.fetch(idx)
+            if aug is not None:
+                x = aug.apply_random(x, generator)
+            if cfg.cutmix > 0 and float(torch.rand(1, generator=generator)) < cfg.cutmix:
+                x, ya, yb, lam = cutmix(x, y, generator)
+                out = model(x)
+                loss = lam * loss_fn(cfg, out, ya) + (1 - lam) * loss_fn(cfg, out, yb)
+            else:
+                loss = loss_fn(cfg, model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if on_epoch is not None:
+            on_epoch(epoch, model, opt)
+    return model
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, batches) -> float:
+    """Top-1 accuracy (a fraction) over an iterable of `(inputs, labels)` batches."""
+    was = model.training
+    model.eval()
+    correct: Tensor | int = 0
+    total = 0
+    for x, y in batches:
+        correct = correct + (model(x).argmax(1) == y).sum()  # stays on the device until the end
+        total += int(y.numel())
+    model.train(was)
+    return float(correct) / max(total, 1)

@@ -1,0 +1,1 @@
+"""Evaluation protocols: retrain fresh networks on a synthetic set and report test accuracy."""

@@ -1,0 +1,62 @@
+"""Named, frozen evaluation protocols, one TOML file each in `assets/protocols/`.
+
+A protocol is identified by its name and the hash of its parsed contents; both are printed and
+saved with every result, so a number can always be traced to exactly how it was produced.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import asdict, dataclass
+
+from condense.errors import CondenseError
+from condense.registry import Registry
+from condense.run import assets_dir
+from condense.train import TrainConfig
+
+PROTOCOLS: Registry["Protocol"] = Registry("protocol")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    description: str
+    train: TrainConfig
+    runs: int = 5
+    arch: str = "convnet"
+    use_learned_lr: bool = True
+    hash: str = ""
+
+    def with_epochs(self, epochs: int | None) -> "Protocol":
+        """The same protocol with another epoch budget (reported as a modification)."""
+        if epochs is None or epochs == self.train.epochs:
+            return self
+        return Protocol(f"{self.name}@{epochs}ep", self.description, self.train.with_(epochs=epochs), self.runs,
+                        self.arch, self.use_learned_lr, self.hash)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "hash": self.hash, "description": self.description, "runs": self.runs,
+                "use_learned_lr": self.use_learned_lr, "train": asdict(self.train)}
+
+
+def _load_all() -> None:
+    folder = assets_dir() / "protocols"
+    for path in sorted(folder.glob("*.toml")):
+        raw = tomllib.loads(path.read_text())
+        digest = hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()[:12]
+        train = dict(raw.get("train", {}))
+        if "milestones" in train:
+            train["milestones"] = tuple(train["milestones"])
+        try:
+            proto = Protocol(raw["name"], raw.get("description", ""), TrainConfig(**train), raw.get("runs", 5),
+                             raw.get("arch", "convnet"), raw.get("use_learned_lr", True), digest)
+        except (KeyError, TypeError) as e:
+            raise CondenseError(f"Protocol file {path} is malformed ({e}).") from None
+        PROTOCOLS.register(proto.name)(proto)
+
+
+def get_protocol(name: str) -> Protocol:
+    if not PROTOCOLS.names():
+        _load_all()
+    return PROTOCOLS.get(name)

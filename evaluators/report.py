@@ -1,0 +1,98 @@
+"""Result tables: rich on the terminal, JSON and Markdown on disk.
+
+One row per (method, IPC), one column per architecture, cells `mean ± std` in percent over the
+runs; the protocol's name and hash head every table, because numbers from different protocols
+are not comparable.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from condense.synthetic import atomic_path, package_version
+from evaluators.protocols import Protocol
+from evaluators.retrain import ArchResult
+
+
+@dataclass
+class Row:
+    method: str  # algorithm name, or "random (real)" for the baseline
+    ipc: int
+    source: str  # file path, or "baseline"
+    results: list[ArchResult] = field(default_factory=list)
+    selection: str = "final"  # final | val | test-best (labelled wherever shown)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    protocol: Protocol
+    dataset: str
+    seed: int
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def archs(self) -> list[str]:
+        seen: list[str] = []
+        for row in self.rows:
+            for r in row.results:
+                if r.arch not in seen:
+                    seen.append(r.arch)
+        return seen
+
+    def sorted_rows(self) -> list[Row]:
+        return sorted(self.rows, key=lambda r: (r.ipc, r.source == "baseline", r.method))
+
+    def title(self) -> str:
+        return (f"{self.dataset} — protocol {self.protocol.name} [{self.protocol.hash}], "
+                f"{self.protocol.train.epochs} epochs, final-epoch test accuracy (%), mean ± std")
+
+    @staticmethod
+    def cell(res: ArchResult | None) -> str:
+        if res is None or not res.accs:
+            return "—"
+        return f"{100 * res.mean:.1f} ± {100 * res.std:.1f} (n={len(res.accs)})"
+
+    def _cells(self, row: Row) -> list[str]:
+        by = {r.arch: r for r in row.results}
+        return [self.cell(by.get(a)) for a in self.archs]
+
+    def method_label(self, row: Row) -> str:
+        return row.method if row.selection == "final" else f"{row.method} [{row.selection}]"
+
+    def print(self, console) -> None:
+        from rich.table import Table
+
+        table = Table(title=self.title(), title_justify="left")
+        table.add_column("method")
+        table.add_column("IPC", justify="right")
+        for a in self.archs:
+            table.add_column(a, justify="right")
+        table.add_column("source", overflow="fold")
+        for row in self.sorted_rows():
+            table.add_row(self.method_label(row), str(row.ipc), *self._cells(row), row.source)
+        console.print(table)
+
+    def to_markdown(self) -> str:
+        head = ["method", "IPC", *self.archs, "source"]
+        lines = [f"**{self.title()}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in self.sorted_rows():
+            lines.append("| " + " | ".join([self.method_label(row), str(row.ipc), *self._cells(row),
+                                             f"`{row.source}`"]) + " |")
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "protocol": self.protocol.to_json(), "dataset": self.dataset, "seed": self.seed,
+            "condense_version": package_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "rows": [{"method": r.method, "ipc": r.ipc, "source": r.source, "selection": r.selection, **r.extra,
+                      "results": [{"arch": a.arch, "lr": a.lr, "accs": a.accs, "mean": a.mean, "std": a.std}
+                                  for a in r.results]} for r in self.sorted_rows()],
+        }
+
+    def save_json(self, path: str | Path) -> None:
+        with atomic_path(Path(path)) as tmp:
+            tmp.write_text(json.dumps(self.to_json(), indent=2))
