@@ -96,8 +96,9 @@ class Artifacts:
                                 "generator": gen.get_state(), "seconds": time.time() - t0}, tmp)
                 update()
 
-            train_model(net, TrainData.real(real), recipe, gen, on_epoch=on_epoch, start_epoch=start,
-                        opt_state=opt_state, allow_flip=info.allow_flip)
+            with torch.enable_grad():  # callers may hold no_grad while asking for a network
+                train_model(net, TrainData.real(real), recipe, gen, on_epoch=on_epoch, start_epoch=start,
+                            opt_state=opt_state, allow_flip=info.allow_flip)
         seconds = time.time() - t0
         acc = accuracy(net, real.test_batches())
         record = {"init": init, "trained": {k: v.detach().clone() for k, v in net.state_dict().items()},

@@ -59,8 +59,8 @@ def distill(
     preset: Optional[str] = typer.Option(None, "--preset", help="Named settings from assets/presets (cpu, paper)."),
     set_: List[str] = typer.Option([], "--set", help="Override one method setting: --set key=value (repeatable)."),
     ckpt_every: int = typer.Option(100, "--ckpt-every", help="Checkpoint to OUT.ckpt every K iterations."),
-    resume: Optional[str] = typer.Option(None, "--resume", is_flag=False, flag_value="auto",
-                                         help="Continue an interrupted run from OUT.ckpt (or from PATH)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT.ckpt."),
+    resume_from: Optional[Path] = typer.Option(None, "--resume-from", help="Continue from this checkpoint file."),
     eval_every: int = typer.Option(0, "--eval-every", help="Quick evaluation (1 ConvNet, 300 epochs) every K its."),
     zca: bool = typer.Option(False, "--zca", help="ZCA-whiten the data (kornia, eps 0.1)."),
     download: bool = typer.Option(False, "--download", help="Let torchvision download a missing dataset."),
@@ -83,7 +83,7 @@ def distill(
     reporter = _reporter(quiet)
     overrides = _parse_sets(set_)
     spec = RunSpec(cls.name, dataset, ipc, out, seed, preset, iters, overrides, ckpt_every,
-                   None if resume is None else Path(str(out) + ".ckpt") if resume == "auto" else Path(resume),
+                   resume_from or (Path(str(out) + ".ckpt") if resume else None),
                    eval_every, zca)
     real = load_dataset(dataset, data_root, download, zca=zca, device=dev)
     values = {**preset_values(cls.name, preset, real.info.name, ipc), **overrides, "ipc": ipc}
@@ -288,8 +288,6 @@ def main() -> None:
     """Console entry point: allocator tuning, then the app, with exit codes as documented."""
     import traceback
 
-    import click
-
     from condense.runtime import tune_allocator
 
     tune_allocator()
@@ -298,16 +296,16 @@ def main() -> None:
     except CondenseError as e:
         _console().print(f"[bold red]error:[/] {e}", highlight=False)
         sys.exit(1)
-    except click.exceptions.UsageError as e:
-        e.show()
-        sys.exit(1)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except KeyboardInterrupt:
         _console().print("interrupted")
         sys.exit(130)
-    except click.exceptions.ClickException as e:
-        e.show()
-        sys.exit(1)
-    except Exception:  # noqa: BLE001  (a bug: show everything)
+    except Exception as e:  # noqa: BLE001
+        if type(e).__name__ == "Abort":  # Ctrl-C inside the command-line parser
+            sys.exit(130)
+        if hasattr(e, "show") and hasattr(e, "exit_code"):  # a usage error from typer's click
+            e.show()
+            sys.exit(1)
+        # anything else is a bug: show everything
         traceback.print_exc()
         _console().print("[bold red]internal error[/] — this is a bug in condense; please report it with the "
                          "traceback above.")

@@ -7,6 +7,7 @@ from it so that an interrupted run ends with the same file as an uninterrupted o
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 import tomllib
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -97,7 +98,7 @@ def run_distill(algo, spec: RunSpec, reporter: Reporter | None = None,
     t0 = time.time()
     it = start
     try:
-        with reporter.task(f"{algo.name} ipc {cfg.ipc}", cfg.iters) as update:
+        with (reporter.task(f"{algo.name} ipc {cfg.ipc}", cfg.iters) if cfg.iters else nullcontext()) as update:
             update(advance=start)
             for it in range(start, cfg.iters):
                 logs = algo.step(it)

@@ -1,0 +1,71 @@
+"""The command line end to end on the tiny dataset, and its answers to bad input."""
+import json
+import sys
+
+import pytest
+
+import condense
+from condense.cli import main
+
+
+def cli(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["condense", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_distill_info_show_export_eval(monkeypatch, capsys, data_root, tmp_path):
+    out = tmp_path / "r.h5"
+    code, _, err = cli(monkeypatch, capsys, "distill", "--algo", "random", "--ipc", "2", "--out", out,
+                       "--data-root", data_root, "--quiet")
+    assert code == 0, err
+    s = condense.load(out)
+    assert s.meta.algorithm == "random" and s.counts() == [2] * 10
+    code, text, _ = cli(monkeypatch, capsys, "info", out, "--json")
+    assert code == 0 and json.loads(text)["training images"] == 20
+    code, _, _ = cli(monkeypatch, capsys, "show", out, "--out", tmp_path / "g.png")
+    assert code == 0 and (tmp_path / "g.png").stat().st_size > 0
+    code, _, _ = cli(monkeypatch, capsys, "export", out, "--to", "pt", tmp_path / "pt")
+    assert code == 0 and (tmp_path / "pt" / "images_best.pt").exists()
+    code, text, err = cli(monkeypatch, capsys, "eval", out, "--runs", "2", "--epochs", "2", "--baseline", "random",
+                          "--data-root", data_root, "--json", tmp_path / "e.json", "--quiet")
+    assert code == 0, err
+    rows = json.loads((tmp_path / "e.json").read_text())["rows"]
+    assert {r["method"] for r in rows} == {"random", "random (real subset)"}
+    assert "dsa@2ep" in text
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["distill", "--algo", "random", "--ipc", "0"], "--ipc"),
+    (["distill", "--algo", "nope"], "Unknown algorithm 'nope'"),
+    (["distill", "--algo", "random", "--set", "lr"], "key=value"),
+    (["distill", "--algo", "random", "--set", "foo=1"], "not a setting"),
+    (["distill", "--algo", "random", "--dataset", "cifar10"], "was not found"),
+    (["eval", "missing.h5"], "no such file"),
+    (["distill", "--algo", "random", "--device", "cuda:7"], "CUDA"),
+    (["distill", "--algo", "random", "--preset", "warp"], "no preset"),
+])
+def test_bad_input_is_one_clear_message_and_exit_1(monkeypatch, capsys, tmp_path, data_root, args, needle):
+    monkeypatch.chdir(tmp_path)
+    if args[0] == "distill" and "--dataset" not in args:
+        args = args + ["--data-root", str(data_root)]
+    code, out, err = cli(monkeypatch, capsys, *args)
+    assert code == 1
+    assert needle in " ".join((out + err).split())
+    assert "Traceback" not in err
+    assert not list(tmp_path.glob("*.h5"))
+
+
+def test_corrupt_file_is_refused_by_every_command(monkeypatch, capsys, tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 64)
+    for cmd in (["info", bad], ["show", bad], ["eval", bad], ["export", bad, "--to", "pt", tmp_path / "o"]):
+        code, _, err = cli(monkeypatch, capsys, *cmd)
+        assert code == 1 and "bad.h5" in err and "Traceback" not in err
+
+
+def test_usage_errors_exit_1(monkeypatch, capsys):
+    code, _, _ = cli(monkeypatch, capsys, "distill", "--ipc", "3")  # --algo missing
+    assert code == 1
