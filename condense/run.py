@@ -98,7 +98,7 @@ def run_distill(algo, spec: RunSpec, reporter: Reporter | None = None,
     t0 = time.time()
     it = start
     try:
-        with (reporter.task(f"{algo.name} ipc {cfg.ipc}", cfg.iters) if cfg.iters else nullcontext()) as update:
+        with (reporter.task(f"{algo.name} ipc {cfg.ipc}", cfg.iters) if cfg.iters else nullcontext(lambda advance=1, **logs: None)) as update:
             update(advance=start)
             for it in range(start, cfg.iters):
                 logs = algo.step(it)
