@@ -1,0 +1,172 @@
+"""Distribution matching (DM, Zhao & Bilen 2023) and the class-wise matching machinery that
+DataDAM and NCFM share.
+
+Every class-wise matching method here has the same shape. Each iteration samples a network;
+for every class c, a real batch and the class's synthetic images pass through one Siamese
+augmentation draw; each image is mapped to per-sample features phi(x) (an embedding, attention
+maps, characteristic-function terms...); the loss compares the **class means** of phi between the
+real and the synthetic side; the synthetic pixels take an SGD step.
+
+Because the real side only enters through class means, it is computed without gradients, in
+chunks of whole classes (`chunk` real images per forward), so memory does not grow with
+`batch_real` x classes. With per-sample normalization (instance norm) chunking is exact; with
+BatchNorm the statistics depend on the batch, so `chunk = 0` forwards all classes at once, as the
+official DataDAM code does. The loss of class c depends only on class c's data
+(`class_loss`), which is what a later class-sharded run needs.
+
+DM itself: phi(x) = embedding of a randomly initialized ConvNet; loss = sum_c ||mean phi(real_c)
+- mean phi(syn_c)||^2; official defaults: 20000 iterations, batch_real 256, lr_img 1 with SGD
+momentum 0.5, real initialization, DSA `color_crop_cutout_flip_scale_rotate`, ConvNet-3 (IN).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from algorithms.base import ALGORITHMS, AlgoConfig, Algorithm
+from condense.augment import DEFAULT_STRATEGY, AugParams
+from condense.errors import CondenseError
+from condense.models import Network
+from condense.synthetic import SyntheticSet
+
+Feats = list[Tensor]  # per-sample features: each [B, ...]
+
+
+@dataclass
+class MatchConfig(AlgoConfig):
+    """Settings every class-wise matching method has (defaults: the official DM code)."""
+
+    iters: int = 20000  # outer iterations (DM official)
+    batch_real: int = 256  # real images per class per iteration (DM official)
+    lr_img: float = 1.0  # SGD learning rate on the pixels (DM official)
+    momentum: float = 0.5  # SGD momentum on the pixels (DM official)
+    init: str = "real"  # real: random real images of the class; noise: N(0, 1) in model-input space
+    dsa: str = DEFAULT_STRATEGY  # Siamese augmentation strategy ("none" to switch it off)
+    norm: str = "instancenorm"  # normalization of the sampled networks
+    width: int = 128  # ConvNet width of the sampled networks
+    chunk: int = 1024  # real images per forward pass, rounded to whole classes (0 = all at once)
+
+
+class ClassMatching(Algorithm):
+    """Base of DM, DataDAM and NCFM: learnable images `[K * ipc, C, H, W]`, class-sorted."""
+
+    Config = MatchConfig
+
+    # ---- what a method defines ---------------------------------------------------------------
+
+    def features(self, net: Network, x: Tensor) -> Feats:
+        """Per-sample features phi(x) whose class means are matched."""
+        raise NotImplementedError
+
+    def class_loss(self, real_means: Feats, syn_means: Feats) -> Tensor:
+        """Loss of one class from its real and synthetic feature means (each [...])."""
+        raise NotImplementedError
+
+    # ---- the shared machinery ----------------------------------------------------------------
+
+    def init(self) -> None:
+        cfg: MatchConfig = self.cfg  # type: ignore[assignment]
+        k = self.real.info.num_classes
+        if cfg.init == "real":
+            x = torch.cat([self.real.images_of(c, cfg.ipc, self.ctx.generator) for c in range(k)])
+        elif cfg.init == "noise":
+            i = self.real.info
+            x = torch.randn(k * cfg.ipc, i.channels, i.size, i.size, generator=self.ctx.generator)
+        else:
+            raise CondenseError(f"init must be 'real' or 'noise', not '{cfg.init}'.")
+        self.images = x.to(self.ctx.device).detach().requires_grad_(True)
+        self.labels = torch.arange(k, device=self.ctx.device).repeat_interleave(cfg.ipc)
+        self.opt = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum)
+        self.aug = self.ctx.augment(cfg.dsa, self.real)
+
+    def sample_network(self) -> Network:
+        """A freshly initialized, frozen network in train mode (BN uses batch statistics)."""
+        cfg: MatchConfig = self.cfg  # type: ignore[assignment]
+        seed = int(torch.randint(2**62, (1,), generator=self.ctx.generator))
+        net = self.ctx.model(cfg.arch, self.real, seed=seed, norm=cfg.norm, width=cfg.width)
+        for p in net.parameters():
+            p.requires_grad_(False)
+        return net.train()
+
+    def siamese_params(self) -> list[AugParams | None]:
+        """One augmentation draw per class, shared by the class's real and synthetic images."""
+        if self.aug is None:
+            return [None] * self.real.info.num_classes
+        size = self.real.info.size
+        return [self.aug.sample(1, self.ctx.generator, size, per_sample=False)
+                for _ in range(self.real.info.num_classes)]
+
+    def augment(self, x: Tensor, p: AugParams | None) -> Tensor:
+        return x if p is None else self.aug(x, p)
+
+    def real_class_means(self, net: Network, params: list[AugParams | None], classes: list[int]) -> list[Feats]:
+        """Class means of phi over `batch_real` fresh real images per class, without gradients,
+        forwarded in chunks of whole classes."""
+        cfg: MatchConfig = self.cfg  # type: ignore[assignment]
+        n = cfg.batch_real
+        per_chunk = len(classes) if cfg.chunk <= 0 else max(1, cfg.chunk // n)
+        out: list[Feats] = []
+        with torch.no_grad():
+            for s in range(0, len(classes), per_chunk):
+                group = classes[s:s + per_chunk]
+                x = torch.cat([self.augment(self.real.images_of(c, n, self.ctx.generator), params[c]) for c in group])
+                feats = self.features(net, x)
+                means = [f.view(len(group), n, *f.shape[1:]).mean(1) for f in feats]
+                out += [[m[j] for m in means] for j in range(len(group))]
+        return out
+
+    def syn_class_means(self, net: Network, images: Tensor, params: list[AugParams | None],
+                        classes: list[int], per_class: int) -> list[Feats]:
+        """Class means of phi over the synthetic images of `classes` (class-sorted, `per_class`
+        each), with gradients to the pixels, in one forward pass."""
+        x = torch.cat([self.augment(images[c * per_class:(c + 1) * per_class], params[c]) for c in classes])
+        feats = self.features(net, x)
+        means = [f.view(len(classes), per_class, *f.shape[1:]).mean(1) for f in feats]
+        return [[m[j] for m in means] for j in range(len(classes))]
+
+    def step(self, it: int) -> dict[str, float]:
+        cfg: MatchConfig = self.cfg  # type: ignore[assignment]
+        net = self.sample_network()
+        params = self.siamese_params()
+        classes = list(range(self.real.info.num_classes))
+        real = self.real_class_means(net, params, classes)
+        syn = self.syn_class_means(net, self.images, params, classes, cfg.ipc)
+        loss = torch.stack([self.class_loss(r, s) for r, s in zip(real, syn)]).sum()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return {"loss": float(loss.detach())}
+
+    def synthetic(self) -> SyntheticSet:
+        return self.make_set(self.images, self.labels)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "images": self.images.detach().cpu().clone(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.init()  # rebuilds the optimizer and augmentation; then overwrite with the saved state
+        super().load_state_dict(state)
+        with torch.no_grad():
+            self.images.copy_(state["images"].to(self.images.device))
+        self.opt.load_state_dict(state["opt"])
+
+
+def mean_gap(a: Tensor, b: Tensor) -> Tensor:
+    """||a - b||^2 over all elements."""
+    return (a - b).square().sum()
+
+
+@ALGORITHMS.register("dm")
+class DM(ClassMatching):
+    """Distribution matching: class means of a random network's embedding."""
+
+    name = "dm"
+
+    def features(self, net: Network, x: Tensor) -> Feats:
+        return [net.embed(x)]
+
+    def class_loss(self, real_means: Feats, syn_means: Feats) -> Tensor:
+        return mean_gap(real_means[0], syn_means[0])
