@@ -103,19 +103,29 @@ class ClassMatching(Algorithm):
         return x if p is None else self.aug(x, p)
 
     def real_class_means(self, net: Network, params: list[AugParams | None], classes: list[int]) -> list[Feats]:
-        """Class means of phi over `batch_real` fresh real images per class, without gradients,
-        forwarded in chunks of whole classes."""
+        """Class means of phi over `batch_real` fresh real images per class, without gradients.
+
+        Forwarded `chunk` images at a time: whole classes grouped while they fit, a class split
+        into pieces (its sums accumulated) when `batch_real` exceeds `chunk`."""
         cfg: MatchConfig = self.cfg  # type: ignore[assignment]
-        n = cfg.batch_real
-        per_chunk = len(classes) if cfg.chunk <= 0 else max(1, cfg.chunk // n)
+        n = self.batch_real
         out: list[Feats] = []
         with torch.no_grad():
-            for s in range(0, len(classes), per_chunk):
-                group = classes[s:s + per_chunk]
-                x = torch.cat([self.augment(self.real.images_of(c, n, self.ctx.generator), params[c]) for c in group])
-                feats = self.features(net, x)
-                means = [f.view(len(group), n, *f.shape[1:]).mean(1) for f in feats]
-                out += [[m[j] for m in means] for j in range(len(group))]
+            if cfg.chunk <= 0 or n <= cfg.chunk:
+                per = len(classes) if cfg.chunk <= 0 else cfg.chunk // n
+                for s in range(0, len(classes), per):
+                    group = classes[s:s + per]
+                    x = torch.cat([self.augment(self.real.images_of(c, n, self.ctx.generator), params[c])
+                                   for c in group])
+                    out += split_means(self.features(net, x), len(group))
+                return out
+            for c in classes:
+                x = self.augment(self.real.images_of(c, n, self.ctx.generator), params[c])
+                sums: list[Tensor] | None = None
+                for s in range(0, n, cfg.chunk):
+                    part = [f.sum(0) for f in self.features(net, x[s:s + cfg.chunk])]
+                    sums = part if sums is None else [a + b for a, b in zip(sums, part)]
+                out.append([t / n for t in sums])  # type: ignore[union-attr]
         return out
 
     def syn_class_means(self, net: Network, images: Tensor, params: list[AugParams | None],
@@ -123,9 +133,14 @@ class ClassMatching(Algorithm):
         """Class means of phi over the synthetic images of `classes` (class-sorted, `per_class`
         each), with gradients to the pixels, in one forward pass."""
         x = torch.cat([self.augment(images[c * per_class:(c + 1) * per_class], params[c]) for c in classes])
-        feats = self.features(net, x)
-        means = [f.view(len(classes), per_class, *f.shape[1:]).mean(1) for f in feats]
-        return [[m[j] for m in means] for j in range(len(classes))]
+        return split_means(self.features(net, x), len(classes))
+
+    @property
+    def batch_real(self) -> int:
+        """Real images per class per step, capped by the smallest class (as the official
+        samplers do), so every class mean is over the same number of images."""
+        smallest = min(self.real.count(c) for c in range(self.real.info.num_classes))
+        return min(self.cfg.batch_real, smallest)  # type: ignore[attr-defined]
 
     def step(self, it: int) -> dict[str, float]:
         cfg: MatchConfig = self.cfg  # type: ignore[assignment]
@@ -152,6 +167,12 @@ class ClassMatching(Algorithm):
         with torch.no_grad():
             self.images.copy_(state["images"].to(self.images.device))
         self.opt.load_state_dict(state["opt"])
+
+
+def split_means(feats: Feats, groups: int) -> list[Feats]:
+    """Per-sample features of `groups` equal, contiguous groups -> each group's means."""
+    means = [f.view(groups, f.shape[0] // groups, *f.shape[1:]).mean(1) for f in feats]
+    return [[m[j] for m in means] for j in range(groups)]
 
 
 def mean_gap(a: Tensor, b: Tensor) -> Tensor:
