@@ -19,6 +19,7 @@ from condense.models import Network, build_model
 from condense.registry import Registry
 from condense.runtime import derive_seed, make_generator
 from condense.synthetic import SetMeta, SyntheticSet
+from condense.train import TrainConfig
 
 
 @dataclass
@@ -28,6 +29,15 @@ class AlgoConfig:
     ipc: int = 10  # synthetic images per class
     iters: int = 0  # outer iterations (0 for selection baselines, which finish in init)
     arch: str = "convnet"  # the network the method distils with
+
+    def problems(self) -> list[str]:
+        """Settings out of range, as sentences; subclasses extend the list."""
+        out = []
+        if self.ipc < 1:
+            out.append(f"ipc must be at least 1 (got {self.ipc})")
+        if self.iters < 0:
+            out.append(f"iters must not be negative (got {self.iters})")
+        return out
 
 
 @dataclass
@@ -58,9 +68,17 @@ class Algorithm:
     protocol: ClassVar[str] = "dsa"  # the evaluation protocol the method's numbers are meant for
 
     def __init__(self, cfg: AlgoConfig, real: RealData, ctx: Context) -> None:
-        if cfg.ipc < 1:
-            raise CondenseError(f"--ipc must be at least 1 (got {cfg.ipc}).")
+        issues = cfg.problems()
+        if issues:
+            raise CondenseError(f"Invalid settings for --algo {self.name}: {'; '.join(issues)}. "
+                                f"Fix them with --set key=value.")
         self.cfg, self.real, self.ctx = cfg, real, ctx
+
+    @classmethod
+    def artifacts_needed(cls, cfg: AlgoConfig) -> list[tuple[str, TrainConfig, int]]:
+        """Trained networks this method will ask the artifact cache for: (arch, recipe, seed).
+        `condense teachers --pool NAME` builds them ahead of time."""
+        return []
 
     def init(self) -> None:
         """Build the learnable synthetic parameters (real-image or noise initialization)."""

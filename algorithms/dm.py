@@ -29,7 +29,7 @@ from torch import Tensor
 from algorithms.base import ALGORITHMS, AlgoConfig, Algorithm
 from condense.augment import DEFAULT_STRATEGY, AugParams
 from condense.errors import CondenseError
-from condense.models import Network
+from condense.models import Network, build_model
 from condense.synthetic import SyntheticSet
 
 Feats = list[Tensor]  # per-sample features: each [B, ...]
@@ -48,6 +48,18 @@ class MatchConfig(AlgoConfig):
     norm: str = "instancenorm"  # normalization of the sampled networks
     width: int = 128  # ConvNet width of the sampled networks
     chunk: int = 1024  # real images per forward pass, rounded to whole classes (0 = all at once)
+    channels_last: bool = True  # run the sampled networks in channels-last layout (faster forward passes)
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        for name in ("batch_real", "width"):
+            if getattr(self, name) < 1:
+                out.append(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.lr_img <= 0:
+            out.append(f"lr_img must be positive (got {self.lr_img})")
+        if self.chunk < 0:
+            out.append(f"chunk must be 0 (all at once) or positive (got {self.chunk})")
+        return out
 
 
 class ClassMatching(Algorithm):
@@ -82,14 +94,34 @@ class ClassMatching(Algorithm):
         self.opt = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum)
         self.aug = self.ctx.augment(cfg.dsa, self.real)
 
+    def net_kwargs(self) -> dict[str, Any]:
+        """norm/width apply to the ConvNet family only; other architectures use their own."""
+        cfg: MatchConfig = self.cfg  # type: ignore[assignment]
+        arch = cfg.arch.lower()
+        if arch == "convnet" or arch.startswith("convnetd"):
+            return {"norm": cfg.norm, "width": cfg.width}
+        if arch == "convnetbn":
+            return {"width": cfg.width}
+        return {}
+
     def sample_network(self) -> Network:
-        """A freshly initialized, frozen network in train mode (BN uses batch statistics)."""
+        """A freshly initialized, frozen network in train mode (BN uses batch statistics).
+
+        The initialization is drawn on the CPU from a seed (reproducible on any device) and
+        copied into one persistent network on the device."""
         cfg: MatchConfig = self.cfg  # type: ignore[assignment]
         seed = int(torch.randint(2**62, (1,), generator=self.ctx.generator))
-        net = self.ctx.model(cfg.arch, self.real, seed=seed, norm=cfg.norm, width=cfg.width)
-        for p in net.parameters():
-            p.requires_grad_(False)
-        return net.train()
+        i = self.real.info
+        fresh = build_model(cfg.arch, i.channels, i.num_classes, i.size, seed=seed, **self.net_kwargs())
+        if getattr(self, "_net", None) is None:
+            self._net = fresh.to(self.ctx.device)
+            if cfg.channels_last:
+                self._net = self._net.to(memory_format=torch.channels_last)
+            for p in self._net.parameters():
+                p.requires_grad_(False)
+        else:
+            self._net.load_state_dict(fresh.state_dict())
+        return self._net.train()
 
     def siamese_params(self) -> list[AugParams | None]:
         """One augmentation draw per class, shared by the class's real and synthetic images."""

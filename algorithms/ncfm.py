@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from algorithms.base import ALGORITHMS
 from algorithms.dm import ClassMatching, Feats, MatchConfig, split_means
 from condense.errors import CondenseError
+from condense.augment import make_dsa
 from condense.models import FlatParams, Network
 from condense.runtime import derive_seed
 from condense.synthetic import SyntheticSet
@@ -89,12 +90,27 @@ class FrequencySampler(nn.Module):
 
     def forward(self, num: int, per_component: int, g: torch.Generator) -> Tensor:
         """[num, D] frequencies: num // per_component components of per_component draws each."""
-        comps = max(1, num // per_component)
+        comps = max(1, -(-num // per_component))  # ceil: always at least `num` frequencies
         dev = self.net[0].weight.device
         z = torch.randn(comps, self.noise_dim, generator=g).to(dev)
         sigma = F.softplus(self.net(z))  # [comps, D]
         eps = torch.randn(comps, per_component, sigma.shape[1], generator=g).to(dev)
         return (sigma[:, None, :] * eps).reshape(-1, sigma.shape[1])[:num]
+
+
+def real_side_t_grad(embeds: Tensor, t: Tensor, g_re: Tensor, g_im: Tensor, chunk: int = 1024) -> Tensor:
+    """dLoss/dt through the real CF of one class, computed without keeping a graph.
+
+    With Re[k] = mean_i cos<t_k, x_i> and Im[k] = mean_i sin<t_k, x_i>, and g_re, g_im = dLoss/dRe,
+    dLoss/dIm ([K]), the gradient is (1/n) W^T X with W[i, k] = -g_re[k] sin<t_k, x_i> +
+    g_im[k] cos<t_k, x_i>. embeds: [n, D], L2-normalized; t: [K, D] -> [K, D]."""
+    out = torch.zeros_like(t)
+    for s in range(0, embeds.shape[0], chunk):
+        x = embeds[s:s + chunk]
+        phase = x @ t.T
+        w = torch.cos(phase) * g_im - torch.sin(phase) * g_re
+        out += w.T @ x
+    return out / embeds.shape[0]
 
 
 def ascend(opt: torch.optim.Optimizer, t: Tensor, t_leaf: Tensor) -> None:
@@ -149,7 +165,7 @@ class NCFMConfig(MatchConfig):
     momentum: float = 0.5  # SGD only
     init: str = "mix"  # mix: 2x2 mosaics of real images (official) | real | noise
     factor: int = 2  # multi-formation factor (1 = off)
-    dsa: str = "color_crop_cutout"  # official matching augmentation, shared by real and synthetic
+    dsa: str = "color_crop_cutout"  # official matching augmentation (IDC DiffAug: all three every time), Siamese
     num_freqs: int = 1024  # frequencies per step (paper; the official configs use 4096)
     alpha: float = 0.5  # amplitude weight
     beta: float = 0.5  # phase weight
@@ -166,17 +182,30 @@ class NCFMConfig(MatchConfig):
     pool_epochs: int = 60  # their training epochs (official: SGD 0.01, batch 128, DSA color_crop + CutMix)
     chunk: int = 256  # real images per forward pass (memory)
 
+    def problems(self) -> list[str]:
+        out = super().problems()
+        for name in ("num_freqs", "psi_group", "factor", "pool_size"):
+            if getattr(self, name) < 1:
+                out.append(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.pool_epochs < 0 or self.alpha < 0 or self.beta < 0 or self.alpha + self.beta == 0:
+            out.append("pool_epochs, alpha and beta must not be negative, and alpha + beta must be positive")
+        return out
+
 
 def pool_recipe(epochs: int) -> TrainConfig:
     """How NCFM's feature-extractor pool is trained (official pretrain script)."""
     return TrainConfig(epochs=epochs, batch=128, lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="step",
-                       milestones=(2 / 3, 5 / 6), gamma=0.2, augment="color_crop", cutmix=0.5)
+                       milestones=(2 / 3, 5 / 6), gamma=0.2, augment="color_crop", augment_mode="idc", cutmix=0.5)
 
 
 @ALGORITHMS.register("ncfm")
 class NCFM(ClassMatching):
     name = "ncfm"
     Config = NCFMConfig
+
+    @classmethod
+    def artifacts_needed(cls, cfg: NCFMConfig) -> list[tuple[str, TrainConfig, int]]:  # type: ignore[override]
+        return [(cfg.arch, pool_recipe(cfg.pool_epochs), i) for i in range(cfg.pool_size)]
 
     # ---- setup -------------------------------------------------------------------------------
 
@@ -185,13 +214,16 @@ class NCFM(ClassMatching):
         info, k = self.real.info, self.real.info.num_classes
         if cfg.factor < 1 or info.size % cfg.factor:
             raise CondenseError(f"factor {cfg.factor} must divide the image size {info.size}.")
+        # The learnable store lives in [0, 1] pixel space, as in the official code: AdamW's step size
+        # and weight decay are meant in pixel units. The preprocess (normalization or ZCA) is applied
+        # to the decoded images on the way into the network.
         if cfg.init == "mix":
-            x = torch.cat([mosaic(self.real.images_of(c, cfg.ipc * cfg.factor ** 2, self.ctx.generator), cfg.factor)
+            x = torch.cat([mosaic(self.real.pixels_of(c, cfg.ipc * cfg.factor ** 2, self.ctx.generator), cfg.factor)
                            for c in range(k)])
         elif cfg.init == "real":
-            x = torch.cat([self.real.images_of(c, cfg.ipc, self.ctx.generator) for c in range(k)])
+            x = torch.cat([self.real.pixels_of(c, cfg.ipc, self.ctx.generator) for c in range(k)])
         elif cfg.init == "noise":
-            x = torch.randn(k * cfg.ipc, info.channels, info.size, info.size, generator=self.ctx.generator)
+            x = torch.rand(k * cfg.ipc, info.channels, info.size, info.size, generator=self.ctx.generator)
         else:
             raise CondenseError(f"init must be 'mix', 'real' or 'noise', not '{cfg.init}'.")
         self.images = x.to(self.ctx.device).detach().requires_grad_(True)
@@ -203,12 +235,10 @@ class NCFM(ClassMatching):
         else:
             raise CondenseError(f"optimizer must be adamw or sgd, not '{cfg.optimizer}'.")
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, factor=0.5, patience=cfg.plateau_patience)
-        self.aug = self.ctx.augment(cfg.dsa, self.real)
-        pre = self.real.pre
-        lo = pre(torch.zeros(1, info.channels, 1, 1, device=self.ctx.device)).flatten()
-        hi = pre(torch.ones(1, info.channels, 1, 1, device=self.ctx.device)).flatten()
-        self.bounds = (lo.view(1, -1, 1, 1), hi.view(1, -1, 1, 1)) if pre.zca is None else None
+        self.aug = make_dsa(cfg.dsa, info.allow_flip, mode="idc")
         self.net = self.ctx.model(cfg.arch, self.real, seed=0, width=cfg.width, norm=cfg.norm)
+        if cfg.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.flat = FlatParams(self.net)
@@ -223,6 +253,7 @@ class NCFM(ClassMatching):
                 self.psi = FrequencySampler(self.final.classifier.in_features).to(self.ctx.device)
             self.psi_opt = torch.optim.SGD(self.psi.parameters(), lr=cfg.lr_psi, momentum=0.5, weight_decay=5e-4)
         self._t: Tensor | None = None
+        self._collect: list[Tensor] | None = None
 
     def load_pool(self) -> list[tuple[Tensor, Tensor]]:
         """(init, trained) flat parameter vectors of every pool member (built and cached on demand)."""
@@ -231,8 +262,8 @@ class NCFM(ClassMatching):
             raise CondenseError("NCFM's feature pool is the standard ConvNet (width 128, instance norm); "
                                 "leave arch, width and norm at their defaults.")
         pool = []
-        for i in range(cfg.pool_size):
-            rec = self.ctx.artifacts.trained_record(self.real, cfg.arch, pool_recipe(cfg.pool_epochs), seed=i)
+        for arch, recipe, seed in self.artifacts_needed(cfg):
+            rec = self.ctx.artifacts.trained_record(self.real, arch, recipe, seed=seed)
             pool.append(tuple(self.flat.flatten({k: v.to(self.ctx.device) for k, v in rec[w].items()})
                               for w in ("init", "trained")))
         return pool  # type: ignore[return-value]
@@ -241,7 +272,11 @@ class NCFM(ClassMatching):
 
     def features(self, net: Network, x: Tensor) -> Feats:
         assert self._t is not None
-        return cf_terms(net.embed(x), self._t)
+        emb = F.normalize(net.embed(x), dim=1)
+        if self._collect is not None:  # psi needs the real embeddings for its real-side gradient
+            self._collect.append(emb.detach())
+        phase = emb @ self._t.T
+        return [torch.cos(phase), torch.sin(phase)]
 
     def class_loss(self, real_means: Feats, syn_means: Feats) -> Tensor:
         cfg: NCFMConfig = self.cfg  # type: ignore[assignment]
@@ -258,10 +293,11 @@ class NCFM(ClassMatching):
         return torch.randn(cfg.num_freqs, dim, generator=self.ctx.generator).to(self.ctx.device)
 
     def decoded(self, c: int | None = None) -> Tensor:
-        """Decoded training images of class c (or of all classes), differentiable."""
+        """Decoded training images of class c (or of all classes) in model-input space,
+        differentiable in the stored pixels."""
         cfg: NCFMConfig = self.cfg  # type: ignore[assignment]
         x = self.images if c is None else self.images[c * cfg.ipc:(c + 1) * cfg.ipc]
-        return decode(x, cfg.factor)
+        return self.real.pre(decode(x, cfg.factor))
 
     def step(self, it: int) -> dict[str, float]:
         cfg: NCFMConfig = self.cfg  # type: ignore[assignment]
@@ -272,10 +308,16 @@ class NCFM(ClassMatching):
         self.flat.load_into(self.net, lam * init + (1 - lam) * trained)
         self.flat.load_into(self.final, trained)
         t = self.frequencies()
-        self._t = t.detach().requires_grad_(self.psi is not None)
+        with_psi = self.psi is not None
+        self._t = t.detach().requires_grad_(with_psi)
         params = self.siamese_params()
         classes = list(range(k))
+        self._collect = [] if with_psi else None
         real = self.real_class_means(self.net, params, classes)
+        if with_psi:  # real CF means become leaves, so the loss tells us dLoss/dRe and dLoss/dIm
+            real = [[m.requires_grad_(True) for m in class_means] for class_means in real]
+            embeds = torch.cat(self._collect).view(k, -1, self._collect[0].shape[1])
+            self._collect = None
         per = cfg.ipc * cfg.factor ** 2
         groups = [[c] for c in classes] if cfg.class_steps else [classes]
         match = torch.zeros((), device=self.ctx.device)
@@ -288,7 +330,12 @@ class NCFM(ClassMatching):
             self.opt.step()
             self.project()
             match = match + loss.detach()
-        if self.psi is not None:
+        if with_psi:
+            grad = self._t.grad if self._t.grad is not None else torch.zeros_like(self._t)
+            for c in classes:
+                grad = grad + real_side_t_grad(embeds[c], self._t.detach(), real[c][0].grad, real[c][1].grad,
+                                               cfg.chunk or 1024)
+            self._t.grad = grad
             ascend(self.psi_opt, t, self._t)
         calib = torch.zeros((), device=self.ctx.device)
         if cfg.calib:
@@ -303,9 +350,9 @@ class NCFM(ClassMatching):
                 self.opt.step()
                 self.project()
                 calib = calib + loss.detach()
-        mean_loss = float(match) / k
-        self.sched.step(mean_loss)
-        return {"loss": mean_loss, "calib": float(calib) / len(groups), "lr": self.opt.param_groups[0]["lr"]}
+        match_loss, calib_loss = (torch.stack([match / k, calib / len(groups)])).tolist()  # one host sync
+        self.sched.step(match_loss)
+        return {"loss": match_loss, "calib": calib_loss, "lr": self.opt.param_groups[0]["lr"]}
 
     def aug_stack(self, x: Tensor, params: list, group: list[int], per: int) -> Tensor:
         """Apply each class's Siamese draw to its slice of the decoded images."""
@@ -314,10 +361,10 @@ class NCFM(ClassMatching):
         return torch.cat([self.aug(x[i * per:(i + 1) * per], params[c]) for i, c in enumerate(group)])
 
     def project(self) -> None:
-        """Keep pixels in the valid range (the official store lives in [0, 1] and is clamped)."""
-        if self.cfg.clamp and self.bounds is not None:  # type: ignore[attr-defined]
+        """Keep pixels in [0, 1] (the official store is clamped the same way)."""
+        if self.cfg.clamp:  # type: ignore[attr-defined]
             with torch.no_grad():
-                self.images.copy_(torch.maximum(torch.minimum(self.images, self.bounds[1]), self.bounds[0]))
+                self.images.clamp_(0, 1)
 
     # ---- results and state -------------------------------------------------------------------
 
@@ -325,10 +372,11 @@ class NCFM(ClassMatching):
         cfg: NCFMConfig = self.cfg  # type: ignore[assignment]
         with torch.no_grad():
             images = self.decoded()
+            compact = self.real.pre(self.images.detach())
         labels = self.labels.repeat_interleave(cfg.factor ** 2)
         extra: dict[str, Any] = {}
-        if cfg.factor > 1:
-            extra = {"compact": {"images": self.images.detach().cpu().clone(), "labels": self.labels.cpu()},
+        if cfg.factor > 1:  # the stored images, in the same (model-input) space as /images
+            extra = {"compact": {"images": compact.cpu(), "labels": self.labels.cpu()},
                      "compact_attrs": {"factor": cfg.factor, "decode": "zoom"}}
         return self.make_set(images, labels, **extra)
 

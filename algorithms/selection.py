@@ -30,13 +30,17 @@ def embedding_recipe(epochs: int) -> TrainConfig:
 class SelectionConfig(AlgoConfig):
     embed: str = "trained"  # trained | random: the network whose embedding herding/k-center use
     embed_epochs: int = 3  # epochs of the trained embedding network (about 88% test acc on FMNIST)
-    embed_batch: int = 1024  # images per forward pass when embedding a class
+    embed_batch: int = 256  # images per forward pass when embedding a class
 
 
 class Selection(Algorithm):
     """Picks `ipc` real training images per class in `init`; there are no iterations."""
 
     Config = SelectionConfig
+
+    @classmethod
+    def artifacts_needed(cls, cfg: SelectionConfig) -> list[tuple[str, TrainConfig, int]]:  # type: ignore[override]
+        return [(cfg.arch, embedding_recipe(cfg.embed_epochs), 0)] if cfg.embed == "trained" else []
 
     def init(self) -> None:
         cfg = self.cfg
@@ -69,8 +73,7 @@ class Selection(Algorithm):
         if not hasattr(self, "_net"):
             cfg: SelectionConfig = self.cfg  # type: ignore[assignment]
             if cfg.embed == "trained":
-                self._net = self.ctx.artifacts.trained(self.real, cfg.arch, embedding_recipe(cfg.embed_epochs),
-                                                       seed=self.ctx.seed)
+                self._net = self.ctx.artifacts.trained(self.real, cfg.arch, embedding_recipe(cfg.embed_epochs), seed=0)
             elif cfg.embed == "random":
                 self._net = self.ctx.model(cfg.arch, self.real, seed=self.ctx.seed).eval()
             else:

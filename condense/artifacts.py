@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from condense.data import RealData
+from condense.errors import CondenseError
 from condense.models import Network, build_model
 from condense.progress import Reporter
 from condense.runtime import make_generator
@@ -60,7 +61,7 @@ class Artifacts:
 
         which: "trained" (final weights) or "init" (the same network at initialization)."""
         record = self.trained_record(real, arch, recipe, seed)
-        net = build_model(arch, real.info.channels, real.info.num_classes, real.info.size).to(self.device)
+        net = build_model(arch, real.info.channels, real.info.num_classes, real.info.size, seed=0).to(self.device)
         net.load_state_dict(record[which])
         return net.eval()
 
@@ -69,8 +70,15 @@ class Artifacts:
         desc = self.describe(real, arch, recipe, seed)
         path = self.path(desc)
         if path.is_file():
-            return torch.load(path, map_location=self.device)
+            return self._load(path)
         return self._build(real, arch, recipe, seed, desc, path)
+
+    def _load(self, path: Path) -> dict[str, Any]:
+        try:
+            return torch.load(path, map_location="cpu")  # CPU first: generator states must stay there
+        except Exception as e:  # noqa: BLE001  (a damaged cache file is one user problem)
+            raise CondenseError(f"The cached artifact {path} is damaged ({type(e).__name__}). Delete it; "
+                                f"it will be rebuilt on the next run.") from None
 
     def _build(self, real: RealData, arch: str, recipe: TrainConfig, seed: int, desc: dict[str, Any],
                path: Path) -> dict[str, Any]:
@@ -81,7 +89,7 @@ class Artifacts:
         partial = path.with_suffix(".partial.pt")
         start, opt_state, spent = 0, None, 0.0
         if partial.is_file():  # resume an interrupted build
-            ck = torch.load(partial, map_location=self.device)
+            ck = self._load(partial)
             net.load_state_dict(ck["model"])
             init, opt_state, start, spent = ck["init"], ck["opt"], ck["epoch"] + 1, ck["seconds"]
             gen.set_state(ck["generator"])

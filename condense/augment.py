@@ -13,7 +13,8 @@ rotate      rotation in [-15, 15] degrees
 ==========  ===============================================================================
 
 In the standard mode ("single") one family is drawn per call; mode "all" applies every family
-in sequence. Randomness is explicit: ``params = aug.sample(batch, generator)`` draws a parameter
+in sequence; mode "idc" is the variant of IDC/NCFM's DiffAug: flip and color always, then one of
+the geometric families (crop, scale, rotate), then cutout always. Randomness is explicit: ``params = aug.sample(batch, generator)`` draws a parameter
 object, ``aug(x, params)`` applies it, so one draw transforms a real and a synthetic batch
 identically. Parameters are drawn per sample (``per_sample=True``) or once for the whole batch,
 which is how class-wise matching pairs a real batch with a synthetic batch of another size.
@@ -61,7 +62,7 @@ class DSA:
     """
 
     strategy: str = DEFAULT_STRATEGY
-    mode: str = "single"  # "single": one family per call (DSA's mode 'S'); "all": every family in turn
+    mode: str = "single"  # single: one family per call (DSA's 'S') | all: every family | idc: see above
     brightness: float = 1.0
     saturation: float = 2.0
     contrast: float = 0.5
@@ -79,13 +80,13 @@ class DSA:
         if bad:
             raise CondenseError(f"Unknown augmentation famil{'ies' if len(bad) > 1 else 'y'} {bad} in strategy "
                                 f"'{self.strategy}'. Use names from {', '.join(FAMILIES)} joined by '_'.")
-        if self.mode not in ("single", "all"):
-            raise CondenseError(f"Augmentation mode must be 'single' or 'all', not '{self.mode}'.")
+        if self.mode not in ("single", "all", "idc"):
+            raise CondenseError(f"Augmentation mode must be 'single', 'all' or 'idc', not '{self.mode}'.")
         self.families = names
 
     def without(self, family: str) -> "DSA":
         """The same augmentation minus one family (e.g. no flip for digits)."""
-        kept = "_".join(f for f in self.families if f != family) or "none"
+        kept = "_".join(f for f in self.families if f != family) or "none"  # noqa: keeps the mode below
         return DSA(kept, self.mode, self.brightness, self.saturation, self.contrast, self.crop_ratio,
                    self.cutout_ratio, self.flip_p, self.scale_ratio, self.rotate_deg, self.align_corners)
 
@@ -98,6 +99,11 @@ class DSA:
         n = batch if per_sample else 1
         if self.mode == "single":
             chosen = [self.families[int(torch.randint(len(self.families), (1,), generator=generator))]]
+        elif self.mode == "idc":
+            always = [f for f in ("flip", "color") if f in self.families]
+            rest = [f for f in self.families if f not in ("flip", "color", "cutout")]
+            one = [rest[int(torch.randint(len(rest), (1,), generator=generator))]] if rest else []
+            chosen = always + one + (["cutout"] if "cutout" in self.families else [])
         else:
             chosen = list(self.families)
         ops: list[tuple[str, dict[str, Tensor]]] = []
@@ -183,9 +189,9 @@ class DSA:
                       align_corners=self.align_corners)
 
 
-def make_dsa(strategy: str, allow_flip: bool = True) -> DSA | None:
+def make_dsa(strategy: str, allow_flip: bool = True, mode: str = "single") -> DSA | None:
     """DSA for a strategy string, or None for 'none'; drops flip where the data forbids it."""
-    aug = DSA(strategy)
+    aug = DSA(strategy, mode)
     if not allow_flip:
         aug = aug.without("flip")
     return aug if aug.families else None

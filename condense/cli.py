@@ -118,6 +118,8 @@ def eval_(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the table as Markdown."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset to test on (default: the file's)."),
+    no_decode: bool = typer.Option(False, "--no-decode", help="Train on the stored (compact) images instead of "
+                                   "the decoded set, to compare equal image counts."),
     seed: int = Seed, device: str = Device, data_root: Optional[Path] = DataRoot, quiet: bool = Quiet,
 ) -> None:
     """Retrain fresh networks on synthetic sets and report test accuracy per IPC and architecture."""
@@ -142,6 +144,8 @@ def eval_(
     if baseline not in (None, "random"):
         raise CondenseError(f"--baseline '{baseline}' is not known; the baseline is 'random'.")
     sets = [(p, load(p)) for p in files]
+    if no_decode:
+        sets = [(p, s.stored_set()) for p, s in sets]
     names = {dataset or s.meta.dataset for _, s in sets}
     if len(names) > 1:
         raise CondenseError(f"The files come from different datasets ({', '.join(sorted(names))}); evaluate one "
@@ -155,7 +159,8 @@ def eval_(
     report = Report(proto, real.info.name, seed)
     for path, s in sets:
         res = evaluate_set(s, real, proto, archs, n_runs, seed, reporter, label=path.name)
-        report.rows.append(Row(s.meta.algorithm or "?", s.meta.ipc, str(path), res,
+        method = (s.meta.algorithm or "?") + (" (stored, no decode)" if no_decode and s.compact_attrs else "")
+        report.rows.append(Row(method, s.meta.ipc, str(path), res,
                                extra={"train_images": len(s), "stored_images": s.stored_images()}))
     if baseline == "random":
         done = set()
@@ -186,6 +191,11 @@ def teachers(
     num: int = typer.Option(1, "--num", help="Networks per architecture (seeds 0..num-1)."),
     lr: float = typer.Option(0.01, "--lr"),
     augment: str = typer.Option("none", "--augment", help="DSA strategy used while training, or none."),
+    pool: Optional[str] = typer.Option(None, "--pool", help="Build what a method needs instead (e.g. ncfm: its "
+                                       "feature-extractor pool), with its --preset / --set settings."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="With --pool: the method's preset."),
+    ipc: int = typer.Option(10, "--ipc", help="With --pool: the IPC whose preset applies."),
+    set_: List[str] = typer.Option([], "--set", help="With --pool: override a method setting."),
     zca: bool = typer.Option(False, "--zca"),
     cache: Optional[Path] = typer.Option(None, "--cache"),
     device: str = Device, data_root: Optional[Path] = DataRoot, quiet: bool = Quiet,
@@ -203,18 +213,31 @@ def teachers(
     reporter = _reporter(quiet)
     real = load_dataset(dataset, data_root, zca=zca, device=dev)
     store = Artifacts(cache, reporter, dev)
-    recipe = TrainConfig(epochs=epochs, batch=256, lr=lr, momentum=0.9, weight_decay=5e-4, schedule="cosine",
-                         augment=augment)
-    table = Table(title=f"{real.info.name}: networks trained on the whole training split ({epochs} epochs, "
-                        f"SGD {lr}, cosine, augment {augment})", title_justify="left")
-    for col in ("arch", "seed", "test acc (%)", "train time (s)", "file"):
+    if pool is not None:
+        import algorithms
+        from algorithms.base import config_from
+        from condense.run import preset_values
+
+        cls = algorithms.ALGORITHMS.get(pool)
+        values = {**preset_values(cls.name, preset, real.info.name, ipc), **_parse_sets(set_), "ipc": ipc}
+        jobs = cls.artifacts_needed(config_from(cls, values))
+        if not jobs:
+            raise CondenseError(f"--algo {cls.name} needs no pretrained networks; nothing to build.")
+        title = f"{real.info.name}: networks for {cls.name} ({len(jobs)})"
+    else:
+        recipe = TrainConfig(epochs=epochs, batch=256, lr=lr, momentum=0.9, weight_decay=5e-4, schedule="cosine",
+                             augment=augment)
+        jobs = [(a.strip(), recipe, s) for a in arch.split(",") if a.strip() for s in range(num)]
+        title = (f"{real.info.name}: networks trained on the whole training split ({epochs} epochs, SGD {lr}, "
+                 f"cosine, augment {augment})")
+    table = Table(title=title, title_justify="left")
+    for col in ("arch", "seed", "epochs", "test acc (%)", "train time (s)", "file"):
         table.add_column(col)
-    for a in [x.strip() for x in arch.split(",") if x.strip()]:
-        for s in range(num):
-            rec = store.trained_record(real, a, recipe, seed=s)
-            m = rec["meta"]
-            table.add_row(a, str(s), f"{100 * m['test_accuracy']:.2f}", f"{m['seconds']:.0f}",
-                          store.path(store.describe(real, a, recipe, s)).name)
+    for a, recipe, s in jobs:
+        rec = store.trained_record(real, a, recipe, seed=s)
+        m = rec["meta"]
+        table.add_row(a, str(s), str(recipe.epochs), f"{100 * m['test_accuracy']:.2f}", f"{m['seconds']:.0f}",
+                      store.path(store.describe(real, a, recipe, s)).name)
     Console().print(table)
 
 
@@ -294,8 +317,9 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except CondenseError as e:
-        _console().print(f"[bold red]error:[/] {e}", highlight=False)
-        sys.exit(1)
+        label = "stopped" if e.exit_code == 130 else "[bold red]error:[/]"
+        _console().print(f"{label} {e}", highlight=False)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         _console().print("interrupted")
         sys.exit(130)

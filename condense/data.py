@@ -82,27 +82,34 @@ class Preprocess:
     def pixel_space(self) -> str:
         return "zca" if self.zca is not None else "normalized"
 
+    def _stats(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """mean/std as [1, C, 1, 1] tensors on `device`, made once per device (no per-batch copies)."""
+        cache = self.__dict__.setdefault("_cache", {})
+        if device not in cache:
+            cache[device] = (torch.tensor(self.mean, device=device).view(1, -1, 1, 1),
+                             torch.tensor(self.std, device=device).view(1, -1, 1, 1))
+        return cache[device]
+
     def __call__(self, pixels: Tensor) -> Tensor:
-        """pixels: [B, C, H, W], uint8 or float in [0, 1] -> model-input space, float32."""
+        """pixels: [B, C, H, W], uint8 or float in [0, 1] -> model-input space, float32.
+        Differentiable for float input (methods that learn pixels use it)."""
         x = pixels.float() / 255.0 if pixels.dtype == torch.uint8 else pixels.float()
         if self.zca is not None:
             z = self.zca
             return ((x.flatten(1) - z.mean.to(x.device)) @ z.matrix.to(x.device)).view_as(x)
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        mean, std = self._stats(x.device)
         return (x - mean) / std
 
-    def to_pixels(self, x: Tensor) -> Tensor:
-        """Model-input space -> pixels in [0, 1] (clamped), for display and export."""
+    def to_pixels(self, x: Tensor, clamp: bool = True) -> Tensor:
+        """Model-input space -> pixels in [0, 1] (clamped unless asked not to)."""
         x = x.float()
         if self.zca is not None:
             z = self.zca
             out = (x.flatten(1) @ z.inverse.to(x.device) + z.mean.to(x.device)).view_as(x)
         else:
-            mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+            mean, std = self._stats(x.device)
             out = x * std + mean
-        return out.clamp(0, 1)
+        return out.clamp(0, 1) if clamp else out
 
 
 @dataclass
@@ -146,11 +153,15 @@ class RealData:
             pick = torch.randperm(m, generator=generator)[:n]
         else:
             pick = torch.randint(m, (n,), generator=generator)
-        return idx[pick.to(idx.device)]
+        return idx[pick.to(idx.device, non_blocking=True)]
 
     def images_of(self, c: int, n: int, generator: torch.Generator) -> Tensor:
         """[n, C, H, W] model-input images of class c."""
         return self.get(self.sample_indices(c, n, generator))
+
+    def pixels_of(self, c: int, n: int, generator: torch.Generator) -> Tensor:
+        """[n, C, H, W] images of class c as float pixels in [0, 1]."""
+        return self.train.images[self.sample_indices(c, n, generator)].float() / 255.0
 
     def get(self, idx: Tensor) -> Tensor:
         return self.pre(self.train.images[idx.to(self.device)])
@@ -209,9 +220,13 @@ DATASETS: Registry[Loader] = Registry("dataset")
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped), the MNIST family's format."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    except (OSError, EOFError, struct.error) as e:
+        raise CondenseError(f"{path} cannot be read as an IDX file ({e}). Delete it and fetch the dataset "
+                            f"again.") from None
     if zero != 0 or dtype != 0x08:
         raise CondenseError(f"{path} is not an unsigned-byte IDX file. Delete it and fetch the dataset again.")
     shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
@@ -389,7 +404,11 @@ def load_tiny(roots: list[Path], download: bool, spec: str) -> tuple[Split, Spli
             xs.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
             ys.append(index[wnid])
         test = Split(torch.stack(xs), torch.tensor(ys))
-        torch.save({"train": (train.images, train.labels), "test": (test.images, test.labels), "classes": classes}, cache)
+        from condense.synthetic import atomic_path
+
+        with atomic_path(cache) as tmp:
+            torch.save({"train": (train.images, train.labels), "test": (test.images, test.labels),
+                        "classes": classes}, tmp)
     info = DatasetInfo("tiny-imagenet", 200, 3, 64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), classes)
     return train, test, info
 

@@ -7,3 +7,11 @@ else is a bug and exits with code 2. Messages say what went wrong, where, and ho
 
 class CondenseError(Exception):
     """A problem the user can fix: bad input, missing data, an unreadable file."""
+
+    exit_code = 1
+
+
+class Interrupted(CondenseError):
+    """The user stopped a long run (Ctrl-C); its state was saved where the message says."""
+
+    exit_code = 130

@@ -112,9 +112,15 @@ class Network(nn.Module):
         return self.classifier(self.embed(x))
 
 
-def _flat_dim(body: Callable[[Tensor], Tensor], channels: int, size: int) -> int:
+def _flat_dim(module: nn.Module, body: Callable[[Tensor], Tensor], channels: int, size: int) -> int:
+    """Width of the flattened features, from one dummy forward in eval mode (so BatchNorm's
+    running statistics are not touched)."""
+    was = module.training
+    module.eval()
     with torch.no_grad():
-        return int(body(torch.zeros(1, channels, size, size)).flatten(1).shape[1])
+        dim = int(body(torch.zeros(1, channels, size, size)).flatten(1).shape[1])
+    module.train(was)
+    return dim
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,7 +151,7 @@ class ConvNet(Network):
             self.acts.append(make_act(act))
             self.pools.append(make_pool(pool))
             c = width
-        self.classifier = nn.Linear(_flat_dim(lambda z: self.features(z)[1], channels, size), num_classes)
+        self.classifier = nn.Linear(_flat_dim(self, lambda z: self.features(z)[1], channels, size), num_classes)
 
     def features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         acts = []
@@ -198,7 +204,7 @@ class LeNet(Network):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, 6, 5, padding=2 if size == 28 else 0)
         self.conv2 = nn.Conv2d(6, 16, 5)
-        dim = _flat_dim(lambda z: self._body(z)[1], channels, size)
+        dim = _flat_dim(self, lambda z: self._body(z)[1], channels, size)
         self.fc1 = nn.Linear(dim, 120)
         self.fc2 = nn.Linear(120, 84)
         self.classifier = nn.Linear(84, num_classes)
@@ -226,7 +232,7 @@ class AlexNet(Network):
             nn.Conv2d(192, 192, 3, padding=1),
         ])
         self._pool_after = (0, 1, 4)
-        self.classifier = nn.Linear(_flat_dim(lambda z: self.features(z)[1], channels, size), num_classes)
+        self.classifier = nn.Linear(_flat_dim(self, lambda z: self.features(z)[1], channels, size), num_classes)
 
     def features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         acts = []
@@ -254,7 +260,7 @@ class VGG(Network):
             pad = first_padding(channels, size, 1) if not len(self.blocks) else 1
             self.blocks.append(nn.Sequential(nn.Conv2d(c, v, 3, padding=pad), make_norm(norm, v), nn.ReLU()))
             c = v
-        self.classifier = nn.Linear(_flat_dim(lambda z: self.features(z)[1], channels, size), num_classes)
+        self.classifier = nn.Linear(_flat_dim(self, lambda z: self.features(z)[1], channels, size), num_classes)
 
     def features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         acts = []
@@ -321,11 +327,14 @@ def build_model(arch: str, channels: int, num_classes: int, size: int, seed: int
     """Build a registered network; with `seed`, its initialization is reproducible without
     touching the caller's global RNG state (the DC code reseeds it from the wall clock)."""
     factory = MODELS.get(arch)
-    if seed is None:
-        return factory(channels, num_classes, size, **kwargs)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return factory(channels, num_classes, size, **kwargs)
+    try:
+        if seed is None:
+            return factory(channels, num_classes, size, **kwargs)
+        with torch.random.fork_rng(devices=[]):  # restores the CPU generator afterwards
+            torch.random.default_generator.manual_seed(seed)  # only the CPU one: CUDA RNGs stay untouched
+            return factory(channels, num_classes, size, **kwargs)
+    except TypeError as e:
+        raise CondenseError(f"Architecture '{arch}' does not take the settings {sorted(kwargs)} ({e}).") from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,17 +6,19 @@ from it so that an interrupted run ends with the same file as an uninterrupted o
 """
 from __future__ import annotations
 
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 import tomllib
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
-from condense.errors import CondenseError
+from condense.errors import CondenseError, Interrupted
 from condense.progress import Reporter
 from condense.synthetic import SyntheticSet, atomic_path
 
@@ -96,22 +98,21 @@ def run_distill(algo, spec: RunSpec, reporter: Reporter | None = None,
                         "state": algo.state_dict()}, tmp)
 
     t0 = time.time()
-    it = start
-    try:
-        with (reporter.task(f"{algo.name} ipc {cfg.ipc}", cfg.iters) if cfg.iters else nullcontext(lambda advance=1, **logs: None)) as update:
-            update(advance=start)
-            for it in range(start, cfg.iters):
-                logs = algo.step(it)
-                if spec.eval_every and (it + 1) % spec.eval_every == 0 and evaluate is not None:
-                    logs["acc"] = evaluate(algo.synthetic())
-                update(**logs)
-                if spec.ckpt_every and (it + 1) % spec.ckpt_every == 0 and it + 1 < cfg.iters:
-                    checkpoint(it + 1)
-            it = cfg.iters
-    except KeyboardInterrupt:
-        checkpoint(it)
-        raise CondenseError(f"Interrupted at iteration {it} of {cfg.iters}; the state is saved in {ckpt_path}. "
-                            f"Continue with the same command plus --resume.") from None
+    bar = reporter.task(f"{algo.name} ipc {cfg.ipc}", cfg.iters) if cfg.iters else \
+        nullcontext(lambda advance=1, **logs: None)
+    with bar as update, _stop_between_iterations() as stop:
+        update(advance=start)
+        for it in range(start, cfg.iters):
+            logs = algo.step(it)
+            if spec.eval_every and (it + 1) % spec.eval_every == 0 and evaluate is not None:
+                logs["acc"] = evaluate(algo.synthetic())
+            update(**logs)
+            if stop.requested and it + 1 < cfg.iters:  # Ctrl-C: finish the iteration, save, leave
+                checkpoint(it + 1)
+                raise Interrupted(f"Interrupted after iteration {it + 1} of {cfg.iters}; the state is saved in "
+                                  f"{ckpt_path}. Continue with the same command plus --resume.")
+            if spec.ckpt_every and (it + 1) % spec.ckpt_every == 0 and it + 1 < cfg.iters:
+                checkpoint(it + 1)
     synth = algo.synthetic()
     synth.meta.config = {**synth.meta.config, "seconds": round(time.time() - t0, 2), "preset": spec.preset}
     synth.save(spec.out)
@@ -119,12 +120,38 @@ def run_distill(algo, spec: RunSpec, reporter: Reporter | None = None,
     return synth
 
 
+class _StopFlag:
+    requested = False
+
+
+@contextmanager
+def _stop_between_iterations() -> Iterator[_StopFlag]:
+    """Turn the first Ctrl-C into a request to stop at the end of the current iteration (so the
+    checkpoint holds a whole number of iterations); a second Ctrl-C stops at once."""
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):  # noqa: ARG001
+        if flag.requested:
+            raise KeyboardInterrupt
+        flag.requested = True
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _resume(algo, path: Path, identity: dict[str, Any]) -> int:
     if not path.is_file():
         raise CondenseError(f"--resume: no checkpoint at {path}. A run writes OUT.ckpt beside its output "
                             f"every --ckpt-every iterations; start without --resume to begin afresh.")
     try:
-        ck = torch.load(path, map_location=algo.real.device, weights_only=False)
+        ck = torch.load(path, map_location="cpu", weights_only=False)  # generator states must stay on the CPU
     except Exception as e:  # noqa: BLE001  (any unreadable file is the same user problem)
         raise CondenseError(f"--resume: {path} is not a readable checkpoint ({type(e).__name__}). "
                             f"Delete it and start again without --resume.") from None

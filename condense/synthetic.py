@@ -163,6 +163,17 @@ class SyntheticSet(Dataset):
             return int(self.compact["images"].shape[0])
         return len(self)
 
+    def stored_set(self) -> "SyntheticSet":
+        """The set as stored: the compact images (with their labels) when the method decodes them
+        into more training images, else the set itself."""
+        if "images" not in self.compact:
+            return self
+        imgs = self.compact["images"].float()
+        labels = self.compact.get("labels")
+        if labels is None:
+            labels = torch.arange(self.meta.num_classes).repeat_interleave(imgs.shape[0] // self.meta.num_classes)
+        return SyntheticSet(imgs, labels.long(), self.meta, None, {}, self.lr, {}, dict(self.compact_attrs), self.zca)
+
     def subset_per_class(self, n: int) -> "SyntheticSet":
         """The first n images of every class (e.g. the undecoded count for fair comparison)."""
         keep = torch.cat([torch.nonzero(self.labels == c).flatten()[:n] for c in range(self.meta.num_classes)])
@@ -312,20 +323,44 @@ def _short(e: BaseException) -> str:
     return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
 
 
+EXPORT_MARK = ".condense-export"
+
+
 @contextmanager
 def atomic_path(path: Path, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp = Path(name)
+    """Yield a temporary sibling of `path`; move it onto `path` only if the block succeeds.
+
+    Files get the usual permissions (0666 minus the umask) and are flushed to disk before the
+    rename. A directory target is replaced only if it is empty or was written by condense
+    (it holds the EXPORT_MARK file); anything else is refused rather than deleted."""
+    path = Path(path)
+    if directory and path.exists() and (not path.is_dir() or (any(path.iterdir()) and
+                                                              not (path / EXPORT_MARK).exists())):
+        raise CondenseError(f"{path} exists and is not an empty folder or an earlier condense export; "
+                            f"refusing to replace it. Choose a new output folder.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if directory:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            tmp = Path(name)
+    except OSError as e:
+        raise CondenseError(f"Cannot write {path}: {e.strerror or e}. Choose a writable location.") from None
     try:
         yield tmp
-        if directory and path.exists():
-            shutil.rmtree(path)
+        umask = os.umask(0)
+        os.umask(umask)
+        if directory:
+            (tmp / EXPORT_MARK).write_text("written by condense export\n")
+            os.chmod(tmp, 0o777 & ~umask)
+            if path.exists():
+                shutil.rmtree(path)
+        else:
+            os.chmod(tmp, 0o666 & ~umask)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if tmp.is_dir():

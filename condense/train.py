@@ -34,9 +34,13 @@ class TrainConfig:
     milestones: tuple[float, ...] = (0.5,)  # fractions of the epochs (DSA: one decay at half)
     gamma: float = 0.1  # DSA: x0.1
     augment: str = "color_crop_cutout_flip_scale_rotate"  # DSA strategy, or "none"
-    loss: str = "ce"  # ce (hard labels) | kl (soft targets, logits)
+    augment_mode: str = "single"  # single (DSA: one family per batch) | idc (IDC/NCFM DiffAug) | all
+    loss: str = "ce"  # ce (hard labels) | kl (soft targets)
+    soft_kind: str = "logits"  # soft targets are logits (softmax at the temperature) or probs
     temperature: float = 1.0  # KL temperature for soft targets
     cutmix: float = 0.0  # probability of CutMix per batch (NCFM protocol); 0 = off
+    dc_step: bool = False  # the DC/DSA code's exact step schedule: epochs + 1 epochs, the decay after
+    #                        epoch int(m * epochs) + 1, and the SGD optimizer re-created (momentum reset) there
 
     def with_(self, **kw: Any) -> "TrainConfig":
         known = {f.name for f in fields(self)}
@@ -73,12 +77,18 @@ def make_optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer
     raise CondenseError(f"Unknown optimizer '{cfg.optimizer}'. Use sgd or adamw.")
 
 
+def total_epochs(cfg: TrainConfig) -> int:
+    """Epochs actually run: the DC/DSA code runs `range(Epoch + 1)`."""
+    return cfg.epochs + 1 if cfg.dc_step else cfg.epochs
+
+
 def lr_at(cfg: TrainConfig, base_lr: float, epoch: int) -> float:
     """Learning rate for `epoch` (0-based). step: base * gamma^(milestones passed)."""
     if cfg.schedule == "constant":
         return base_lr
     if cfg.schedule == "step":
-        passed = sum(epoch >= int(m * cfg.epochs) for m in cfg.milestones)
+        shift = 2 if cfg.dc_step else 0  # DC decays *after* epoch int(m * E) + 1
+        passed = sum(epoch >= int(m * cfg.epochs) + shift for m in cfg.milestones)
         return base_lr * cfg.gamma ** passed
     if cfg.schedule == "cosine":
         return 0.5 * base_lr * (1 + math.cos(math.pi * epoch / cfg.epochs))
@@ -89,7 +99,7 @@ def cutmix(x: Tensor, y: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor, Te
     """CutMix with lambda ~ Beta(1, 1): returns mixed x, y, the partner labels and lambda."""
     b, _, h, w = x.shape
     lam = float(torch.rand(1, generator=g))
-    perm = torch.randperm(b, generator=g).to(x.device)
+    perm = torch.randperm(b, generator=g).to(x.device, non_blocking=True)
     cut_h, cut_w = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
     cy, cx = int(torch.randint(h, (1,), generator=g)), int(torch.randint(w, (1,), generator=g))
     y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
@@ -105,7 +115,8 @@ def loss_fn(cfg: TrainConfig, logits: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(logits, target)
     if cfg.loss == "kl":
         t = cfg.temperature
-        return F.kl_div(F.log_softmax(logits / t, 1), F.softmax(target / t, 1), reduction="batchmean") * t * t
+        p = target if cfg.soft_kind == "probs" else F.softmax(target / t, 1)
+        return F.kl_div(F.log_softmax(logits / t, 1), p, reduction="batchmean") * t * t
     raise CondenseError(f"Unknown loss '{cfg.loss}'. Use ce or kl.")
 
 
@@ -123,18 +134,23 @@ def train_model(model: nn.Module, data: TrainData, cfg: TrainConfig, generator: 
     """
     base_lr = cfg.lr if lr is None else lr
     if aug is None:
-        aug = make_dsa(cfg.augment, allow_flip)
+        aug = make_dsa(cfg.augment, allow_flip, cfg.augment_mode)
     opt = make_optimizer(model.parameters(), cfg, base_lr)
     if opt_state is not None:
         opt.load_state_dict(opt_state)
     device = next(model.parameters()).device
     model.train()
-    for epoch in range(start_epoch, cfg.epochs):
+    current = lr_at(cfg, base_lr, start_epoch)
+    for epoch in range(start_epoch, total_epochs(cfg)):
+        new = lr_at(cfg, base_lr, epoch)
+        if cfg.dc_step and new != current:  # the DC code builds a fresh SGD at the decay
+            opt = make_optimizer(model.parameters(), cfg, new)
+        current = new
         for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, base_lr, epoch)
-        order = torch.randperm(data.n, generator=generator)
+            group["lr"] = new
+        order = torch.randperm(data.n, generator=generator).to(device, non_blocking=True)
         for s in range(0, data.n, cfg.batch):
-            idx = order[s:s + cfg.batch].to(device)
+            idx = order[s:s + cfg.batch]
             x, y = data.fetch(idx)
             if aug is not None:
                 x = aug.apply_random(x, generator)

@@ -107,3 +107,25 @@ def test_digits_drop_flip_and_bad_strategy_is_a_clear_error():
     assert make_dsa("none") is None
     with pytest.raises(CondenseError, match="Unknown augmentation"):
         DSA("color_blur")
+
+
+def test_idc_mode_applies_flip_color_and_cutout_always_and_one_geometric_family():
+    aug = DSA("color_crop_cutout_flip_scale_rotate", mode="idc")
+    g = gen(9)
+    seen = set()
+    for _ in range(30):
+        names = [n for n, _ in aug.sample(2, g, 32).ops]
+        assert names[:4] == ["flip", "brightness", "saturation", "contrast"] and names[-1] == "cutout"
+        assert len(names) == 6 and names[4] in ("crop", "scale", "rotate")
+        seen.add(names[4])
+    assert seen == {"crop", "scale", "rotate"}
+    ncfm = [n for n, _ in DSA("color_crop_cutout", mode="idc").sample(1, g, 32).ops]
+    assert ncfm == ["brightness", "saturation", "contrast", "crop", "cutout"]
+
+
+def test_dc_step_schedule_is_the_dsa_codes():
+    from condense.train import TrainConfig, lr_at, total_epochs
+
+    cfg = TrainConfig(epochs=1000, dc_step=True)
+    assert total_epochs(cfg) == 1001
+    assert lr_at(cfg, 0.01, 501) == 0.01 and lr_at(cfg, 0.01, 502) == pytest.approx(0.001)

@@ -1,4 +1,6 @@
 """The driver: checkpoints, resume, interruption, presets."""
+import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -7,7 +9,7 @@ import torch
 
 import condense
 from algorithms.base import ALGORITHMS, AlgoConfig, Algorithm, Context, config_from
-from condense.errors import CondenseError
+from condense.errors import CondenseError, Interrupted
 from condense.run import RunSpec, preset_values, run_distill
 
 
@@ -30,8 +32,8 @@ class Walk(Algorithm):
         self.fail_at = None
 
     def step(self, it):
-        if it == self.fail_at:
-            raise KeyboardInterrupt
+        if it == self.fail_at:  # as if the user pressed Ctrl-C during this iteration
+            os.kill(os.getpid(), signal.SIGINT)
         noise = torch.randn(self.x.shape, generator=self.ctx.generator)
         loss = ((self.x - noise) ** 2).mean()
         self.opt.zero_grad()
@@ -68,8 +70,9 @@ def test_interrupted_run_resumes_to_the_same_file(real, tmp_path):
     algo.init()
     algo.init = lambda: None  # keep the instance's state, but make step 4 fail like Ctrl-C
     algo.fail_at = 4
-    with pytest.raises(CondenseError, match="--resume"):
+    with pytest.raises(Interrupted, match="after iteration 5 of 6") as e:
         run_distill(algo, RunSpec("test-walk", out=out, ckpt_every=2))
+    assert e.value.exit_code == 130
     assert not out.exists() and Path(str(out) + ".ckpt").exists()
     resumed = run_distill(make(real, tmp_path), RunSpec("test-walk", out=out, resume=Path(str(out) + ".ckpt")))
     assert torch.equal(resumed.images, whole.images)

@@ -134,9 +134,40 @@ def test_exporters_write_the_fields_other_tools_read(tmp_path):
     out2 = export_pt(plain, tmp_path / "pt2")
     assert torch.equal(torch.load(out2 / "labels_best.pt"), plain.labels) and not (out2 / "lr_best.pt").exists()
     folder = export_imagefolder(s, tmp_path / "folder")
-    assert sorted(p.name for p in folder.iterdir()) == ["000_c0", "001_c1", "002_c2"]
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["000_c0", "001_c1", "002_c2"]
     assert len(list((folder / "000_c0").glob("*.png"))) == 2
     grid = save_grid(s, tmp_path / "grid.png", per_class=2, upscale=1)
     from PIL import Image
 
     assert Image.open(grid).size == (2 * 12, 3 * 12)
+
+
+def test_export_never_deletes_a_folder_it_did_not_write(tmp_path):
+    s = make_set()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    with pytest.raises(CondenseError, match="refusing to replace"):
+        export_pt(s, mine)
+    assert (mine / "thesis.tex").read_text() == "precious"
+    out = export_pt(s, tmp_path / "out")
+    export_pt(s, out)  # an earlier export may be replaced
+    assert (out / "images_best.pt").exists()
+
+
+def test_written_files_are_world_readable_like_any_other(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        path = make_set().save(tmp_path / "s.h5")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_unwritable_destination_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CondenseError, match="Cannot write"):
+        make_set().save(tmp_path / "file" / "s.h5")
