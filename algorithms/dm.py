@@ -20,6 +20,7 @@ momentum 0.5, real initialization, DSA `color_crop_cutout_flip_scale_rotate`, Co
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,8 +48,10 @@ class MatchConfig(AlgoConfig):
     dsa: str = DEFAULT_STRATEGY  # Siamese augmentation strategy ("none" to switch it off)
     norm: str = "instancenorm"  # normalization of the sampled networks
     width: int = 128  # ConvNet width of the sampled networks
-    chunk: int = 1024  # real images per forward pass, rounded to whole classes (0 = all at once)
+    chunk: int = 256  # real images per forward pass, rounded to whole classes (0 = all at once)
     channels_last: bool = True  # run the sampled networks in channels-last layout (faster forward passes)
+    compile: bool = True  # torch.compile the gradient-free real-side forward (falls back to eager if it fails)
+    amp: str = "none"  # none | bf16: autocast the real-side forward to bfloat16 (faster; approximate)
 
     def problems(self) -> list[str]:
         out = super().problems()
@@ -59,6 +62,8 @@ class MatchConfig(AlgoConfig):
             out.append(f"lr_img must be positive (got {self.lr_img})")
         if self.chunk < 0:
             out.append(f"chunk must be 0 (all at once) or positive (got {self.chunk})")
+        if self.amp not in ("none", "bf16"):
+            out.append(f"amp must be none or bf16 (got {self.amp})")
         return out
 
 
@@ -76,6 +81,10 @@ class ClassMatching(Algorithm):
     def class_loss(self, real_means: Feats, syn_means: Feats) -> Tensor:
         """Loss of one class from its real and synthetic feature means (each [...])."""
         raise NotImplementedError
+
+    def features_real(self, net: Any, x: Tensor) -> Feats:
+        """phi on a gradient-free real batch; a method may use a leaner path than `features`."""
+        return self.features(net, x)
 
     # ---- the shared machinery ----------------------------------------------------------------
 
@@ -134,6 +143,25 @@ class ClassMatching(Algorithm):
     def augment(self, x: Tensor, p: AugParams | None) -> Tensor:
         return x if p is None else self.aug(x, p)
 
+    def real_features(self, net: Network, x: Tensor) -> Feats:
+        """phi on real images: no gradients, optionally compiled and in bfloat16."""
+        cfg: MatchConfig = self.cfg  # type: ignore[assignment]
+        view: Any = net
+        if cfg.compile and getattr(self, "_compiled_for", None) is not net:
+            self._compiled_for, self._compiled = net, _CompiledView(net)
+        if cfg.compile and self._compiled.ok:
+            view = self._compiled
+        ctx = torch.autocast(x.device.type, dtype=torch.bfloat16) if cfg.amp == "bf16" else nullcontext()
+        with ctx:
+            try:
+                feats = self.features_real(view, x)
+            except Exception:  # noqa: BLE001  (no compiler or an unsupported op: run eagerly from now on)
+                if view is net:
+                    raise
+                self._compiled.ok = False
+                feats = self.features_real(net, x)
+        return [f.float() for f in feats]
+
     def real_class_means(self, net: Network, params: list[AugParams | None], classes: list[int]) -> list[Feats]:
         """Class means of phi over `batch_real` fresh real images per class, without gradients.
 
@@ -149,13 +177,13 @@ class ClassMatching(Algorithm):
                     group = classes[s:s + per]
                     x = torch.cat([self.augment(self.real.images_of(c, n, self.ctx.generator), params[c])
                                    for c in group])
-                    out += split_means(self.features(net, x), len(group))
+                    out += split_means(self.real_features(net, x), len(group))
                 return out
             for c in classes:
                 x = self.augment(self.real.images_of(c, n, self.ctx.generator), params[c])
                 sums: list[Tensor] | None = None
                 for s in range(0, n, cfg.chunk):
-                    part = [f.sum(0) for f in self.features(net, x[s:s + cfg.chunk])]
+                    part = [f.sum(0) for f in self.real_features(net, x[s:s + cfg.chunk])]
                     sums = part if sums is None else [a + b for a, b in zip(sums, part)]
                 out.append([t / n for t in sums])  # type: ignore[union-attr]
         return out
@@ -199,6 +227,16 @@ class ClassMatching(Algorithm):
         with torch.no_grad():
             self.images.copy_(state["images"].to(self.images.device))
         self.opt.load_state_dict(state["opt"])
+
+
+class _CompiledView:
+    """`embed` and `features` of a network, compiled once (the network object persists across
+    iterations and its weights change in place, so the compiled graphs are reused)."""
+
+    def __init__(self, net: Network) -> None:
+        self.ok = True
+        self.embed = torch.compile(net.embed, dynamic=False)
+        self.features = torch.compile(net.features, dynamic=False)
 
 
 def split_means(feats: Feats, groups: int) -> list[Feats]:

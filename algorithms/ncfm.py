@@ -180,7 +180,7 @@ class NCFMConfig(MatchConfig):
     clamp: bool = True  # keep pixels in the valid [0, 1] range (the official store is clamped)
     pool_size: int = 20  # pretrained ConvNets in the feature-extractor pool (official)
     pool_epochs: int = 60  # their training epochs (official: SGD 0.01, batch 128, DSA color_crop + CutMix)
-    chunk: int = 256  # real images per forward pass (memory)
+    chunk: int = 128  # real images per forward pass (memory; 128 keeps peak RSS near half the official code)
 
     def problems(self) -> list[str]:
         out = super().problems()

@@ -161,6 +161,62 @@ class ConvNet(Network):
             x = pool(x)
         return acts, x.flatten(1)
 
+    @torch.no_grad()
+    def features_lowmem(self, x: Tensor, chunk: int, reduce: Callable[[Tensor], Tensor]) -> tuple[list[Tensor], Tensor]:
+        """`features(x)` for a big gradient-free batch, about `chunk` images at a time, keeping
+        only `reduce(activation)` of every block (e.g. an attention map [B, H*W]).
+
+        Exact even for BatchNorm in train mode: when a block's output for the whole batch exceeds
+        the budget (`chunk` images of the first block), its batch statistics are gathered over all
+        images in a first pass and the convolution is recomputed in the second, so every image is
+        normalized with the statistics of the whole batch, as one big forward would do. Work is
+        done in place where possible. Running statistics are not updated."""
+        reduced: list[Tensor] = []
+        budget = 0
+        for d, (conv, norm, act, pool) in enumerate(zip(self.convs, self.norms, self.acts, self.pools)):
+            n = x.shape[0]
+            side = x.shape[-1] + 2 * conv.padding[0] - conv.kernel_size[0] + 1  # stride-1 convolutions
+            per_image = conv.out_channels * side * side
+            budget = budget or chunk * per_image
+            step = n if n * per_image <= budget else max(1, budget // per_image)
+            batch_norm = isinstance(norm, nn.BatchNorm2d) and norm.training and step < n
+            pieces = [(s, min(s + step, n)) for s in range(0, n, step)]
+            affine = None
+            if batch_norm:  # whole-batch statistics from per-piece sums (float32 sums, combined in float64)
+                total = torch.zeros(conv.out_channels, dtype=torch.float64, device=x.device)
+                squares = torch.zeros_like(total)
+                count = 0
+                for s, e in pieces:
+                    y = conv(x[s:e])
+                    total += y.sum((2, 3)).sum(0).double()
+                    squares += y.square_().sum((2, 3)).sum(0).double()
+                    count += y.shape[0] * y.shape[2] * y.shape[3]
+                    del y
+                mean = total / count
+                var = (squares / count - mean.square()).clamp_min(0)
+                scale = torch.rsqrt(var + norm.eps).float() * norm.weight
+                affine = (mean.float().view(1, -1, 1, 1), scale.view(1, -1, 1, 1), norm.bias.view(1, -1, 1, 1))
+            outs, reds = [], []
+            for s, e in pieces:
+                y = conv(x[s:e])
+                if affine is not None:
+                    y = y.sub_(affine[0]).mul_(affine[1]).add_(affine[2])
+                else:  # one piece, or a per-sample norm: the module itself is exact
+                    y = norm(y)
+                y = torch.relu_(y) if isinstance(act, nn.ReLU) else act(y)
+                reds.append(reduce(y))
+                outs.append(pool(y))
+                del y
+            x = torch.cat(outs) if len(outs) > 1 else outs[0]
+            reduced.append(torch.cat(reds) if len(reds) > 1 else reds[0])
+        return reduced, x.flatten(1)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The embedding without keeping every block's activation alive (less memory)."""
+        for conv, norm, act, pool in zip(self.convs, self.norms, self.acts, self.pools):
+            x = pool(act(norm(conv(x))))
+        return x.flatten(1)
+
 
 @MODELS.register("convnet")
 def convnet(channels: int, num_classes: int, size: int, **kw) -> Network:

@@ -61,3 +61,18 @@ def test_unknown_architecture_names_the_choices():
         MODELS.get("convnext")
     with pytest.raises(CondenseError, match="Unknown norm"):
         build_model("convnet", 1, 10, 28, norm="layer")
+
+
+@pytest.mark.parametrize("arch", ["convnetbn", "convnet"])
+@pytest.mark.parametrize("chunk", [7, 100])
+def test_low_memory_forward_equals_one_big_forward_even_with_batchnorm(arch, chunk):
+    net = build_model(arch, 1, 10, 28, seed=0).train()
+    x = torch.randn(30, 1, 28, 28)
+    reduce = lambda a: a.abs().sum(1).flatten(1)  # noqa: E731
+    with torch.no_grad():
+        acts, emb = net.features(x)
+        small, emb2 = net.features_lowmem(x, chunk, reduce)
+    assert len(small) == len(acts)
+    for a, b in zip(acts, small):
+        assert torch.allclose(reduce(a), b, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(emb, emb2, atol=1e-4)
