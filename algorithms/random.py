@@ -16,5 +16,9 @@ from algorithms.selection import Selection
 class Random(Selection):
     name = "random"
 
+    @classmethod
+    def artifacts_needed(cls, cfg) -> list:  # no embedding network: the choice is uniform
+        return []
+
     def select(self, c: int) -> Tensor:
         return torch.randperm(self.real.count(c), generator=self.ctx.generator)[: self.cfg.ipc].to(self.real.device)

@@ -222,7 +222,7 @@ def teachers(
         values = {**preset_values(cls.name, preset, real.info.name, ipc), **_parse_sets(set_), "ipc": ipc}
         jobs = cls.artifacts_needed(config_from(cls, values))
         if not jobs:
-            raise CondenseError(f"--algo {cls.name} needs no pretrained networks; nothing to build.")
+            raise CondenseError(f"{cls.name} needs no pretrained networks; nothing to build.")
         title = f"{real.info.name}: networks for {cls.name} ({len(jobs)})"
     else:
         recipe = TrainConfig(epochs=epochs, batch=256, lr=lr, momentum=0.9, weight_decay=5e-4, schedule="cosine",

@@ -69,3 +69,24 @@ def test_corrupt_file_is_refused_by_every_command(monkeypatch, capsys, tmp_path)
 def test_usage_errors_exit_1(monkeypatch, capsys):
     code, _, _ = cli(monkeypatch, capsys, "distill", "--ipc", "3")  # --algo missing
     assert code == 1
+
+
+def test_ncfm_pool_prebuild_and_eval_without_decoding(monkeypatch, capsys, data_root, tmp_path):
+    common = ["--set", "pool_size=2", "--set", "pool_epochs=1", "--data-root", data_root, "--quiet"]
+    code, text, err = cli(monkeypatch, capsys, "teachers", "--pool", "ncfm", *common)
+    assert code == 0, err
+    assert text.count("convnet") >= 2
+    out = tmp_path / "n.h5"
+    code, _, err = cli(monkeypatch, capsys, "distill", "--algo", "ncfm", "--ipc", "1", "--iters", "2", "--out", out,
+                       "--set", "batch_real=8", "--set", "num_freqs=16", *common)
+    assert code == 0, err
+    code, text, _ = cli(monkeypatch, capsys, "info", out, "--json")
+    facts = json.loads(text)
+    assert facts["training images"] == 40 and facts["stored images"] == 10
+    code, text, err = cli(monkeypatch, capsys, "eval", out, "--no-decode", "--runs", "1", "--epochs", "1",
+                          "--data-root", data_root, "--json", tmp_path / "e.json", "--quiet")
+    assert code == 0, err
+    row = json.loads((tmp_path / "e.json").read_text())["rows"][0]
+    assert row["method"] == "ncfm (stored, no decode)" and row["train_images"] == 10
+    code, _, err = cli(monkeypatch, capsys, "teachers", "--pool", "random", "--data-root", data_root, "--quiet")
+    assert code == 1 and "needs no pretrained networks" in err
