@@ -155,7 +155,9 @@ def eval_(
     real = load_dataset(names.pop(), data_root, device=dev)
     console = _console()
     if not quiet:
-        console.print(f"protocol [bold]{proto.name}[/] [{proto.hash}]: {proto.description}")
+        from rich.markup import escape
+
+        console.print(f"protocol [bold]{escape(proto.name)}[/] {escape(f'[{proto.hash}]')}: {escape(proto.description)}")
     report = Report(proto, real.info.name, seed)
     for path, s in sets:
         res = evaluate_set(s, real, proto, archs, n_runs, seed, reporter, label=path.name)
@@ -309,11 +311,13 @@ def export(
 
 def main() -> None:
     """Console entry point: allocator tuning, then the app, with exit codes as documented."""
+    import logging
     import traceback
 
     from condense.runtime import tune_allocator
 
     tune_allocator()
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # torch.compile's CUDA_HOME notice
     try:
         code = app(standalone_mode=False)
     except CondenseError as e:

@@ -64,16 +64,17 @@ class Report:
         return row.method if row.selection == "final" else f"{row.method} [{row.selection}]"
 
     def print(self, console) -> None:
+        from rich.markup import escape
         from rich.table import Table
 
-        table = Table(title=self.title(), title_justify="left")
+        table = Table(title=escape(self.title()), title_justify="left")
         table.add_column("method")
         table.add_column("IPC", justify="right")
         for a in self.archs:
             table.add_column(a, justify="right")
         table.add_column("source", overflow="fold")
         for row in self.sorted_rows():
-            table.add_row(self.method_label(row), str(row.ipc), *self._cells(row), row.source)
+            table.add_row(escape(self.method_label(row)), str(row.ipc), *self._cells(row), escape(row.source))
         console.print(table)
 
     def to_markdown(self) -> str:

@@ -35,6 +35,9 @@ def test_distill_info_show_export_eval(monkeypatch, capsys, data_root, tmp_path)
     rows = json.loads((tmp_path / "e.json").read_text())["rows"]
     assert {r["method"] for r in rows} == {"random", "random (real subset)"}
     assert "dsa@2ep" in text
+    from evaluators.protocols import get_protocol
+
+    assert f"[{get_protocol('dsa').hash}]" in text  # the protocol hash is printed, not eaten as markup
 
 
 @pytest.mark.parametrize("args,needle", [
