@@ -249,11 +249,13 @@ def show(
     out: Path = typer.Option(Path("grid.png"), "--out", "-o", help="PNG to write."),
     per_class: int = typer.Option(10, "--per-class", help="Images per class row."),
     upscale: int = typer.Option(2, "--upscale", help="Nearest-neighbour enlargement factor."),
+    stored: bool = typer.Option(False, "--stored", help="Show the stored (compact) images, not the decoded ones."),
 ) -> None:
     """Save a per-class image grid (pixel space, ZCA inverted) as a PNG."""
     from condense.synthetic import load, save_grid
 
-    save_grid(load(file), out, per_class, upscale)
+    s = load(file)
+    save_grid(s.stored_set() if stored else s, out, per_class, upscale)
     _console().print(f"wrote {out}")
 
 

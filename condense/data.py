@@ -177,7 +177,7 @@ class RealData:
             pre = Preprocess(pre.mean, pre.std, pre.zca.to(self.device))
         return RealData(self.info, self.train, self.test, pre, self.class_index)
 
-    def test_batches(self, batch: int = 1024) -> Iterator[tuple[Tensor, Tensor]]:
+    def test_batches(self, batch: int = 256) -> Iterator[tuple[Tensor, Tensor]]:
         for s in range(0, self.test.labels.numel(), batch):
             yield self.pre(self.test.images[s:s + batch]), self.test.labels[s:s + batch]
 
