@@ -1,10 +1,17 @@
-"""Cache of expensive by-products: trained networks (teachers, embedding nets, NCFM pools).
+"""Cache of expensive by-products: trained networks (teachers, embedding nets, NCFM pools) and
+expert trajectories (trajectory matching).
 
 No model hub is reachable from where condense must run, so everything a method needs is
 trained by condense itself, once, and kept under `$CONDENSE_CACHE` (default
 `~/.cache/condense/artifacts`). An artifact is keyed by what determines it: dataset, pixel
 space, architecture, training recipe and seed. Building one shows progress, checkpoints every
 epoch (an interrupted build resumes where it stopped) and is written atomically.
+
+Layout:
+    networks/<dataset>-<arch>-<key>.pt          {'init', 'trained', 'meta'} state dicts
+    experts/<dataset>-<arch>-<key>/expert_<i>.h5  /params [epochs + 1, P] float32 flat parameters
+                                                 at initialization and after every epoch; attrs:
+                                                 recipe, dataset, pixel_space, arch, seed, names
 """
 from __future__ import annotations
 
@@ -16,11 +23,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from condense.data import RealData
 from condense.errors import CondenseError
-from condense.models import Network, build_model
+from condense.models import FlatParams, Network, build_model
 from condense.progress import Reporter
 from condense.runtime import make_generator
 from condense.synthetic import atomic_path
@@ -39,8 +47,12 @@ def key_of(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _safe(name: str) -> str:
+    return name.replace("/", "_").replace(":", "_")
+
+
 class Artifacts:
-    """Trained networks on demand: `trained(real, arch, recipe, seed)` loads or builds one."""
+    """Trained networks and expert trajectories on demand (loaded from the cache or built)."""
 
     def __init__(self, root: str | os.PathLike | None = None, reporter: Reporter | None = None,
                  device: torch.device | str = "cpu") -> None:
@@ -48,12 +60,15 @@ class Artifacts:
         self.reporter = reporter or Reporter()
         self.device = torch.device(device)
 
-    def describe(self, real: RealData, arch: str, recipe: TrainConfig, seed: int) -> dict[str, Any]:
-        return {"kind": "trained-network", "version": ARTIFACT_VERSION, "dataset": real.info.name,
+    # ---- trained networks ----------------------------------------------------------------------
+
+    def describe(self, real: RealData, arch: str, recipe: TrainConfig, seed: int, kind: str = "trained-network"
+                 ) -> dict[str, Any]:
+        return {"kind": kind, "version": ARTIFACT_VERSION, "dataset": real.info.name,
                 "pixel_space": real.pre.pixel_space, "arch": arch, "recipe": asdict(recipe), "seed": seed}
 
     def path(self, desc: dict[str, Any]) -> Path:
-        return self.root / "networks" / f"{desc['dataset'].replace('/', '_').replace(':', '_')}-{desc['arch']}-{key_of(desc)}.pt"
+        return self.root / "networks" / f"{_safe(desc['dataset'])}-{desc['arch']}-{key_of(desc)}.pt"
 
     def trained(self, real: RealData, arch: str, recipe: TrainConfig, seed: int = 0,
                 which: str = "trained") -> Network:
@@ -71,7 +86,50 @@ class Artifacts:
         path = self.path(desc)
         if path.is_file():
             return self._load(path)
-        return self._build(real, arch, recipe, seed, desc, path)
+        net, init, _, seconds = self._train(real, arch, recipe, seed, path.with_suffix(".partial.pt"), False)
+        acc = accuracy(net, real.test_batches())
+        record = {"init": init, "trained": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+                  "meta": {**desc, "test_accuracy": acc, "seconds": seconds,
+                           "created": time.strftime("%Y-%m-%dT%H:%M:%S")}}
+        with atomic_path(path) as tmp:
+            torch.save(record, tmp)
+        path.with_suffix(".partial.pt").unlink(missing_ok=True)
+        self.reporter.log(f"cached {path.name}: test accuracy {acc:.2%} after {seconds:.0f}s")
+        return record
+
+    # ---- expert trajectories -------------------------------------------------------------------
+
+    def expert_path(self, real: RealData, arch: str, recipe: TrainConfig, index: int) -> Path:
+        desc = self.describe(real, arch, recipe, 0, kind="expert")
+        folder = self.root / "experts" / f"{_safe(desc['dataset'])}-{arch}-{key_of(desc)}"
+        return folder / f"expert_{index:03d}.h5"
+
+    def expert(self, real: RealData, arch: str, recipe: TrainConfig, index: int) -> torch.Tensor:
+        """[recipe.epochs + 1, P] flat parameters of expert `index` at initialization and after every
+        epoch (built and cached on first use)."""
+        import h5py
+
+        path = self.expert_path(real, arch, recipe, index)
+        if path.is_file():
+            try:
+                with h5py.File(path, "r") as f:
+                    return torch.from_numpy(np.asarray(f["params"], dtype=np.float32))
+            except (OSError, KeyError) as e:
+                raise CondenseError(f"The cached expert {path} is damaged ({e}). Delete it; it will be rebuilt.") \
+                    from None
+        desc = self.describe(real, arch, recipe, index, kind="expert")
+        net, _, traj, seconds = self._train(real, arch, recipe, index, path.with_suffix(".partial.pt"), True,
+                                            label=f"expert {index}")
+        params = torch.stack(traj)
+        with atomic_path(path) as tmp:
+            with h5py.File(tmp, "w") as f:
+                f.create_dataset("params", data=params.numpy())
+                f.attrs["meta"] = json.dumps({**desc, "seconds": seconds, "names": FlatParams(net).names})
+        path.with_suffix(".partial.pt").unlink(missing_ok=True)
+        self.reporter.log(f"cached {path.parent.name}/{path.name}: {params.shape[0] - 1} epochs in {seconds:.0f}s")
+        return params
+
+    # ---- shared training with per-epoch checkpoints ----------------------------------------------
 
     def _load(self, path: Path) -> dict[str, Any]:
         try:
@@ -80,40 +138,37 @@ class Artifacts:
             raise CondenseError(f"The cached artifact {path} is damaged ({type(e).__name__}). Delete it; "
                                 f"it will be rebuilt on the next run.") from None
 
-    def _build(self, real: RealData, arch: str, recipe: TrainConfig, seed: int, desc: dict[str, Any],
-               path: Path) -> dict[str, Any]:
+    def _train(self, real: RealData, arch: str, recipe: TrainConfig, seed: int, partial: Path, trajectory: bool,
+               label: str | None = None) -> tuple[Network, dict, list[torch.Tensor], float]:
+        """Train `arch` on the real data; checkpoint to `partial` every epoch and resume from it.
+        Returns the network, its initial state dict, the flat parameters per epoch (if asked) and
+        the seconds spent."""
         info = real.info
         net = build_model(arch, info.channels, info.num_classes, info.size, seed=seed).to(self.device)
-        init = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        flat = FlatParams(net)
+        init = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        traj = [flat.flatten(net).cpu()] if trajectory else []
         gen = make_generator(seed)
-        partial = path.with_suffix(".partial.pt")
         start, opt_state, spent = 0, None, 0.0
         if partial.is_file():  # resume an interrupted build
             ck = self._load(partial)
             net.load_state_dict(ck["model"])
-            init, opt_state, start, spent = ck["init"], ck["opt"], ck["epoch"] + 1, ck["seconds"]
+            init, opt_state, start, spent, traj = ck["init"], ck["opt"], ck["epoch"] + 1, ck["seconds"], ck["traj"]
             gen.set_state(ck["generator"])
+        partial.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.time() - spent
-        label = f"train {arch} on {info.name} ({recipe.epochs} ep)"
-        with self.reporter.task(label, recipe.epochs) as update:
+        with self.reporter.task(f"{label or 'train ' + arch} on {info.name} ({recipe.epochs} ep)", recipe.epochs) as update:
             update(advance=start)
 
             def on_epoch(epoch: int, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+                if trajectory:
+                    traj.append(flat.flatten(model).cpu())
                 with atomic_path(partial) as tmp:
                     torch.save({"model": model.state_dict(), "init": init, "opt": opt.state_dict(), "epoch": epoch,
-                                "generator": gen.get_state(), "seconds": time.time() - t0}, tmp)
+                                "generator": gen.get_state(), "seconds": time.time() - t0, "traj": traj}, tmp)
                 update()
 
             with torch.enable_grad():  # callers may hold no_grad while asking for a network
                 train_model(net, TrainData.real(real), recipe, gen, on_epoch=on_epoch, start_epoch=start,
                             opt_state=opt_state, allow_flip=info.allow_flip)
-        seconds = time.time() - t0
-        acc = accuracy(net, real.test_batches())
-        record = {"init": init, "trained": {k: v.detach().clone() for k, v in net.state_dict().items()},
-                  "meta": {**desc, "test_accuracy": acc, "seconds": seconds,
-                           "created": time.strftime("%Y-%m-%dT%H:%M:%S")}}
-        with atomic_path(path) as tmp:
-            torch.save(record, tmp)
-        partial.unlink(missing_ok=True)
-        self.reporter.log(f"cached {path.name}: test accuracy {acc:.2%} after {seconds:.0f}s")
-        return record
+        return net, init, traj, time.time() - t0

@@ -244,6 +244,41 @@ def teachers(
 
 
 @app.command()
+def experts(
+    dataset: str = typer.Option("fashion-mnist", "--dataset"),
+    arch: str = typer.Option("convnet", "--arch"),
+    num: int = typer.Option(5, "--num", help="Number of expert trajectories."),
+    epochs: int = typer.Option(6, "--epochs", help="Epochs per expert: the largest start epoch trajectory "
+                               "matching uses plus its expert epochs (MTT needs no more)."),
+    recipe: str = typer.Option("mtt", "--recipe", help="mtt (plain SGD, as MTT) or smooth (AST's smooth experts)."),
+    zca: bool = typer.Option(False, "--zca", help="Train in ZCA-whitened space (distill with --zca too)."),
+    cache: Optional[Path] = typer.Option(None, "--cache"),
+    device: str = Device, data_root: Optional[Path] = DataRoot, quiet: bool = Quiet,
+) -> None:
+    """Train (or load from the cache) expert trajectories for trajectory matching."""
+    from rich.console import Console
+
+    from algorithms.mtt import expert_recipe
+    from condense.artifacts import Artifacts
+    from condense.data import load_dataset
+    from condense.runtime import resolve_device
+
+    if num < 1 or epochs < 1:
+        raise CondenseError("--num and --epochs must be at least 1.")
+    dev = resolve_device(device)
+    real = load_dataset(dataset, data_root, zca=zca, device=dev)
+    store = Artifacts(cache, _reporter(quiet), dev)
+    rec = expert_recipe(recipe, epochs)
+    t0 = time.time()
+    for i in range(num):
+        store.expert(real, arch, rec, i)
+    folder = store.expert_path(real, arch, rec, 0).parent
+    size = sum(p.stat().st_size for p in folder.glob("*.h5"))
+    Console().print(f"{num} {recipe} experts of {arch} on {real.info.name} ({epochs} epochs each) in {folder} "
+                    f"({size / 2**20:.1f} MB; {time.time() - t0:.0f}s this run)")
+
+
+@app.command()
 def show(
     file: Path = typer.Argument(..., help="A synth.h5 file."),
     out: Path = typer.Option(Path("grid.png"), "--out", "-o", help="PNG to write."),

@@ -41,6 +41,8 @@ class TrainConfig:
     cutmix: float = 0.0  # probability of CutMix per batch (NCFM protocol); 0 = off
     dc_step: bool = False  # the DC/DSA code's exact step schedule: epochs + 1 epochs, the decay after
     #                        epoch int(m * epochs) + 1, and the SGD optimizer re-created (momentum reset) there
+    clip_epochs: int = 0  # AST's clipping loss: the loss of epoch e < clip_epochs is scaled by 0.5 + 0.05 e
+    grad_penalty: float = 0.0  # AST's input-gradient penalty weight (2 in AST): (||d sum(logits)/dx||_2 - 1)^2
 
     def with_(self, **kw: Any) -> "TrainConfig":
         known = {f.name for f in fields(self)}
@@ -110,6 +112,14 @@ def cutmix(x: Tensor, y: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor, Te
     return x, y, y[perm], lam
 
 
+def input_gradient_penalty(model: nn.Module, x: Tensor) -> Tensor:
+    """AST's smoothness term on un-augmented inputs: mean over pixels of (||grad_x sum(logits)||_2 - 1)^2,
+    the norm taken over channels."""
+    x = x.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(model(x).sum(), x, create_graph=True)
+    return (g.norm(dim=1) - 1).square().mean()
+
+
 def loss_fn(cfg: TrainConfig, logits: Tensor, target: Tensor) -> Tensor:
     if cfg.loss == "ce":
         return F.cross_entropy(logits, target)
@@ -152,6 +162,7 @@ def train_model(model: nn.Module, data: TrainData, cfg: TrainConfig, generator: 
         for s in range(0, data.n, cfg.batch):
             idx = order[s:s + cfg.batch]
             x, y = data.fetch(idx)
+            clean = x
             if aug is not None:
                 x = aug.apply_random(x, generator)
             if cfg.cutmix > 0 and float(torch.rand(1, generator=generator)) < cfg.cutmix:
@@ -160,6 +171,10 @@ def train_model(model: nn.Module, data: TrainData, cfg: TrainConfig, generator: 
                 loss = lam * loss_fn(cfg, out, ya) + (1 - lam) * loss_fn(cfg, out, yb)
             else:
                 loss = loss_fn(cfg, model(x), y)
+            if epoch < cfg.clip_epochs:
+                loss = loss * (0.5 + 0.05 * epoch)
+            if cfg.grad_penalty > 0:
+                loss = loss + cfg.grad_penalty * input_gradient_penalty(model, clean)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
