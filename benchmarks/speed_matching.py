@@ -1,4 +1,4 @@
-"""Seconds per iteration and peak memory of a class-wise matching method (dm, datadam, ncfm)
+"""Seconds per iteration and peak memory of a distillation method (dm, datadam, ncfm, mtt, ...)
 on Fashion-MNIST, in one fresh process per setting so that peak RSS belongs to that setting.
 
     python benchmarks/speed_matching.py ALGO IPC ITERS [key=value ...] [--json-out FILE]
