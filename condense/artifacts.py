@@ -55,7 +55,8 @@ class Artifacts:
     """Trained networks and expert trajectories on demand (loaded from the cache or built)."""
 
     def __init__(self, root: str | os.PathLike | None = None, reporter: Reporter | None = None,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", compile: bool = False) -> None:
+        self.compile = compile  # torch.compile the training forward (the CLI turns it on)
         self.root = cache_root(root)
         self.reporter = reporter or Reporter()
         self.device = torch.device(device)
@@ -170,5 +171,5 @@ class Artifacts:
 
             with torch.enable_grad():  # callers may hold no_grad while asking for a network
                 train_model(net, TrainData.real(real), recipe, gen, on_epoch=on_epoch, start_epoch=start,
-                            opt_state=opt_state, allow_flip=info.allow_flip)
+                            opt_state=opt_state, allow_flip=info.allow_flip, compile=self.compile)
         return net, init, traj, time.time() - t0

@@ -90,7 +90,7 @@ def distill(
     if iters is not None:
         values["iters"] = iters
     cfg = config_from(cls, values)
-    ctx = Context(dev, seed, Artifacts(cache, reporter, dev))
+    ctx = Context(dev, seed, Artifacts(cache, reporter, dev, compile=True))
     algorithm = cls(cfg, real, ctx)
     evaluate = None
     if eval_every:
@@ -120,6 +120,9 @@ def eval_(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset to test on (default: the file's)."),
     no_decode: bool = typer.Option(False, "--no-decode", help="Train on the stored (compact) images instead of "
                                    "the decoded set, to compare equal image counts."),
+    compile: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile the networks' forward "
+                                 "(same math, about 2x faster on CPU; results differ from eager only by float "
+                                 "rounding)."),
     seed: int = Seed, device: str = Device, data_root: Optional[Path] = DataRoot, quiet: bool = Quiet,
 ) -> None:
     """Retrain fresh networks on synthetic sets and report test accuracy per IPC and architecture."""
@@ -160,10 +163,10 @@ def eval_(
         console.print(f"protocol [bold]{escape(proto.name)}[/] {escape(f'[{proto.hash}]')}: {escape(proto.description)}")
     report = Report(proto, real.info.name, seed)
     for path, s in sets:
-        res = evaluate_set(s, real, proto, archs, n_runs, seed, reporter, label=path.name)
+        res = evaluate_set(s, real, proto, archs, n_runs, seed, reporter, label=path.name, compile=compile)
         method = (s.meta.algorithm or "?") + (" (stored, no decode)" if no_decode and s.compact_attrs else "")
         report.rows.append(Row(method, s.meta.ipc, str(path), res,
-                               extra={"train_images": len(s), "stored_images": s.stored_images()}))
+                               extra={"train_images": len(s), "stored_images": s.stored_images(), "compiled": compile}))
     if baseline == "random":
         done = set()
         for _, s in sets:
@@ -171,7 +174,8 @@ def eval_(
             if key in done:
                 continue
             done.add(key)
-            res = evaluate_random(real.with_preprocess(s.preprocess), s.meta.ipc, proto, archs, n_runs, seed, reporter)
+            res = evaluate_random(real.with_preprocess(s.preprocess), s.meta.ipc, proto, archs, n_runs, seed, reporter,
+                                  compile)
             report.rows.append(Row("random (real subset)", s.meta.ipc, "baseline", res))
     from rich.console import Console
 
@@ -214,7 +218,7 @@ def teachers(
     dev = resolve_device(device)
     reporter = _reporter(quiet)
     real = load_dataset(dataset, data_root, zca=zca, device=dev)
-    store = Artifacts(cache, reporter, dev)
+    store = Artifacts(cache, reporter, dev, compile=True)
     if pool is not None:
         import algorithms
         from algorithms.base import config_from
@@ -267,7 +271,7 @@ def experts(
         raise CondenseError("--num and --epochs must be at least 1.")
     dev = resolve_device(device)
     real = load_dataset(dataset, data_root, zca=zca, device=dev)
-    store = Artifacts(cache, _reporter(quiet), dev)
+    store = Artifacts(cache, _reporter(quiet), dev, compile=True)
     rec = expert_recipe(recipe, epochs)
     t0 = time.time()
     for i in range(num):

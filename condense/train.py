@@ -133,7 +133,8 @@ def loss_fn(cfg: TrainConfig, logits: Tensor, target: Tensor) -> Tensor:
 def train_model(model: nn.Module, data: TrainData, cfg: TrainConfig, generator: torch.Generator,
                 lr: float | None = None, aug: DSA | None = None,
                 on_epoch: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None,
-                start_epoch: int = 0, opt_state: dict | None = None, allow_flip: bool = True) -> nn.Module:
+                start_epoch: int = 0, opt_state: dict | None = None, allow_flip: bool = True,
+                compile: bool = False) -> nn.Module:
     """Train `model` in place for `cfg.epochs` epochs and return it.
 
     lr: overrides `cfg.lr` (the learned lr of trajectory matching).
@@ -141,6 +142,8 @@ def train_model(model: nn.Module, data: TrainData, cfg: TrainConfig, generator: 
     on_epoch(epoch, model, optimizer): called after every epoch (progress, checkpoints).
     start_epoch, opt_state: resume an interrupted run (with the generator state restored too).
     allow_flip: False drops the flip family (digits must not be mirrored).
+    compile: run the forward pass through torch.compile (same math, fused kernels; falls back to
+        eager execution if compilation fails).
     """
     base_lr = cfg.lr if lr is None else lr
     if aug is None:
@@ -150,6 +153,7 @@ def train_model(model: nn.Module, data: TrainData, cfg: TrainConfig, generator: 
         opt.load_state_dict(opt_state)
     device = next(model.parameters()).device
     model.train()
+    forward = _Forward(model, compile)
     current = lr_at(cfg, base_lr, start_epoch)
     for epoch in range(start_epoch, total_epochs(cfg)):
         new = lr_at(cfg, base_lr, epoch)
@@ -167,10 +171,10 @@ def train_model(model: nn.Module, data: TrainData, cfg: TrainConfig, generator: 
                 x = aug.apply_random(x, generator)
             if cfg.cutmix > 0 and float(torch.rand(1, generator=generator)) < cfg.cutmix:
                 x, ya, yb, lam = cutmix(x, y, generator)
-                out = model(x)
+                out = forward(x)
                 loss = lam * loss_fn(cfg, out, ya) + (1 - lam) * loss_fn(cfg, out, yb)
             else:
-                loss = loss_fn(cfg, model(x), y)
+                loss = loss_fn(cfg, forward(x), y)
             if epoch < cfg.clip_epochs:
                 loss = loss * (0.5 + 0.05 * epoch)
             if cfg.grad_penalty > 0:
@@ -181,6 +185,22 @@ def train_model(model: nn.Module, data: TrainData, cfg: TrainConfig, generator: 
         if on_epoch is not None:
             on_epoch(epoch, model, opt)
     return model
+
+
+class _Forward:
+    """The model's forward, optionally compiled; on a compilation failure it runs eagerly."""
+
+    def __init__(self, model: nn.Module, compile: bool) -> None:
+        self.model = model
+        self.compiled = torch.compile(model, dynamic=False) if compile else None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(x)
+            except Exception:  # noqa: BLE001  (no compiler, or an op inductor cannot handle)
+                self.compiled = None
+        return self.model(x)
 
 
 @torch.no_grad()

@@ -52,7 +52,7 @@ def check_compatible(synth: SyntheticSet, real: RealData, where: str) -> None:
 
 
 def train_and_test(images: torch.Tensor, targets: torch.Tensor, real: RealData, protocol: Protocol, arch: str,
-                   seed: int, lr: float, tag: str, run: int) -> float:
+                   seed: int, lr: float, tag: str, run: int, compile: bool = False) -> float:
     """One run: a fresh `arch` trained on (images, targets) under `protocol`, test accuracy."""
     info = real.info
     device = real.device
@@ -60,12 +60,13 @@ def train_and_test(images: torch.Tensor, targets: torch.Tensor, real: RealData, 
                       seed=derive_seed(seed, tag, arch, run, "init")).to(device)
     gen = make_generator(derive_seed(seed, tag, arch, run, "data"))
     train_model(net, TrainData.tensors(images.to(device), targets.to(device)), protocol.train, gen, lr=lr,
-                allow_flip=info.allow_flip)
+                allow_flip=info.allow_flip, compile=compile)
     return accuracy(net, real.test_batches())
 
 
 def evaluate_set(synth: SyntheticSet, real: RealData, protocol: Protocol, archs: list[str], runs: int,
-                 seed: int = 0, reporter: Reporter | None = None, label: str = "") -> list[ArchResult]:
+                 seed: int = 0, reporter: Reporter | None = None, label: str = "", compile: bool = False
+                 ) -> list[ArchResult]:
     """Evaluate one synthetic set under `protocol` for every architecture in `archs`."""
     reporter = reporter or Reporter()
     check_compatible(synth, real, label or "the synthetic set")
@@ -77,14 +78,15 @@ def evaluate_set(synth: SyntheticSet, real: RealData, protocol: Protocol, archs:
         res = ArchResult(arch, lr=lr)
         with reporter.task(f"eval {label} {arch}", runs) as update:
             for r in range(runs):
-                res.accs.append(train_and_test(synth.images, targets, real, protocol, arch, seed, lr, "eval", r))
+                res.accs.append(train_and_test(synth.images, targets, real, protocol, arch, seed, lr, "eval", r,
+                                               compile))
                 update(acc=res.accs[-1])
         out.append(res)
     return out
 
 
 def evaluate_random(real: RealData, ipc: int, protocol: Protocol, archs: list[str], runs: int, seed: int = 0,
-                    reporter: Reporter | None = None) -> list[ArchResult]:
+                    reporter: Reporter | None = None, compile: bool = False) -> list[ArchResult]:
     """The random-subset baseline: run r trains on its own random `ipc`-per-class real subset."""
     reporter = reporter or Reporter()
     out = []
@@ -93,7 +95,8 @@ def evaluate_random(real: RealData, ipc: int, protocol: Protocol, archs: list[st
         with reporter.task(f"eval random ipc {ipc} {arch}", runs) as update:
             for r in range(runs):
                 x, y = real.random_subset(ipc, make_generator(derive_seed(seed, "baseline", ipc, r)))
-                res.accs.append(train_and_test(x, y, real, protocol, arch, seed, protocol.train.lr, "baseline", r))
+                res.accs.append(train_and_test(x, y, real, protocol, arch, seed, protocol.train.lr, "baseline", r,
+                                               compile))
                 update(acc=res.accs[-1])
         out.append(res)
     return out

@@ -108,3 +108,13 @@ def test_protocol_is_frozen_hashed_and_reported(real, tmp_path):
     assert data["protocol"]["name"] == "dsa@2ep" and data["protocol"]["hash"] == p.hash
     assert len(data["rows"][0]["results"][0]["accs"]) == 2
     assert "dsa@2ep" in report.to_markdown() and "± " in report.to_markdown()
+
+
+def test_compiled_training_matches_eager_training(real):
+    x, y = real.random_subset(2, make_generator(0))
+    params = []
+    for compile in (False, True):
+        net = build_model("convnet", 1, 10, 28, seed=0, width=8)
+        train_model(net, TrainData.tensors(x, y), TrainConfig(epochs=3, batch=8), make_generator(1), compile=compile)
+        params.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
+    assert torch.allclose(params[0], params[1], atol=1e-4)
