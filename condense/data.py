@@ -171,6 +171,22 @@ class RealData:
         idx = torch.cat([self.sample_indices(c, ipc, generator) for c in range(self.info.num_classes)])
         return self.get(idx), self.train.labels[idx]
 
+    def holdout(self, per_class: int, generator: torch.Generator) -> tuple["RealData", tuple[Tensor, Tensor]]:
+        """Split off `per_class` training images of every class as a validation set (seeded).
+        Returns the remaining training data and (validation images in model-input space, labels)."""
+        keep, val = [], []
+        for c in range(self.info.num_classes):
+            idx = self.class_index[c]
+            if idx.numel() <= per_class:
+                raise CondenseError(f"Class {c} has only {idx.numel()} training images; cannot hold out "
+                                    f"{per_class} for validation. Use a smaller --val-size.")
+            perm = idx[torch.randperm(idx.numel(), generator=generator).to(idx.device)]
+            val.append(perm[:per_class])
+            keep.append(perm[per_class:])
+        keep_idx, val_idx = torch.cat(keep).sort().values, torch.cat(val)
+        rest = RealData(self.info, Split(self.train.images[keep_idx], self.train.labels[keep_idx]), self.test, self.pre)
+        return rest, (self.get(val_idx), self.train.labels[val_idx])
+
     def with_preprocess(self, pre: Preprocess) -> "RealData":
         """The same images seen through another preprocess (a synthetic set's own ZCA/stats)."""
         if pre.zca is not None:

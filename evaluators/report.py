@@ -47,8 +47,12 @@ class Report:
         return sorted(self.rows, key=lambda r: (r.ipc, r.source == "baseline", r.method))
 
     def title(self) -> str:
+        picks = {r.selection for r in self.rows} or {"final"}
+        what = {"final": "final-epoch test accuracy", "val": "test accuracy at the epoch chosen on validation",
+                "test-best": "BEST TEST ACCURACY OVER CHECKPOINTS (selected on the test set)"}
+        how = "; ".join(what[p] for p in sorted(picks))
         return (f"{self.dataset} — protocol {self.protocol.name} [{self.protocol.hash}], "
-                f"{self.protocol.train.epochs} epochs, final-epoch test accuracy (%), mean ± std")
+                f"{self.protocol.train.epochs} epochs, {how} (%), mean ± std")
 
     @staticmethod
     def cell(res: ArchResult | None) -> str:
@@ -90,8 +94,8 @@ class Report:
             "protocol": self.protocol.to_json(), "dataset": self.dataset, "seed": self.seed,
             "condense_version": package_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "rows": [{"method": r.method, "ipc": r.ipc, "source": r.source, "selection": r.selection, **r.extra,
-                      "results": [{"arch": a.arch, "lr": a.lr, "accs": a.accs, "mean": a.mean, "std": a.std}
-                                  for a in r.results]} for r in self.sorted_rows()],
+                      "results": [{"arch": a.arch, "lr": a.lr, "accs": a.accs, "mean": a.mean, "std": a.std,
+                                   "final_accs": a.final_accs} for a in r.results]} for r in self.sorted_rows()],
         }
 
     def save_json(self, path: str | Path) -> None:

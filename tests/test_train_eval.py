@@ -10,7 +10,7 @@ from condense.train import TrainConfig, TrainData, accuracy, lr_at, train_model
 from evaluators import retrain
 from evaluators.protocols import get_protocol
 from evaluators.report import Report, Row
-from evaluators.retrain import evaluate_random, evaluate_set
+from evaluators.retrain import EvalSettings, evaluate_random, evaluate_set
 
 
 def synth_from(real, ipc=2, lr=None):
@@ -61,28 +61,29 @@ def test_evaluator_uses_the_learned_lr(real, monkeypatch):
 
     monkeypatch.setattr(retrain, "train_model", spy)
     proto = get_protocol("dsa").with_epochs(1)
-    evaluate_set(synth_from(real, lr=0.0371), real, proto, ["convnet"], runs=2)
+    evaluate_set(synth_from(real, lr=0.0371), real, EvalSettings(proto, ["convnet"], runs=2))
     assert seen == [0.0371, 0.0371]
     seen.clear()
-    evaluate_set(synth_from(real), real, proto, ["convnet"], runs=1)
+    evaluate_set(synth_from(real), real, EvalSettings(proto, ["convnet"], runs=1))
     assert seen == [0.01]
 
 
 def test_learned_lr_changes_the_trained_network(real):
     proto = get_protocol("dsa").with_epochs(2)
-    a = evaluate_set(synth_from(real, lr=1e-6), real, proto, ["convnet"], runs=1)[0].accs
-    b = evaluate_set(synth_from(real, lr=0.05), real, proto, ["convnet"], runs=1)[0].accs
+    a = evaluate_set(synth_from(real, lr=1e-6), real, EvalSettings(proto, ["convnet"], runs=1))[0].accs
+    b = evaluate_set(synth_from(real, lr=0.05), real, EvalSettings(proto, ["convnet"], runs=1))[0].accs
     assert a != b
 
 
 def test_evaluation_is_reproducible_and_runs_differ(real):
     proto = get_protocol("dsa").with_epochs(3)
     s = synth_from(real)
-    r1 = evaluate_set(s, real, proto, ["convnet"], runs=2, seed=3)[0].accs
-    r2 = evaluate_set(s, real, proto, ["convnet"], runs=2, seed=3)[0].accs
+    settings = EvalSettings(proto, ["convnet"], runs=2, seed=3)
+    r1 = evaluate_set(s, real, settings)[0].accs
+    r2 = evaluate_set(s, real, settings)[0].accs
     assert r1 == r2
-    b1 = evaluate_random(real, 2, proto, ["convnet"], runs=2, seed=3)[0].accs
-    assert b1 == evaluate_random(real, 2, proto, ["convnet"], runs=2, seed=3)[0].accs
+    b1 = evaluate_random(real, 2, settings)[0].accs
+    assert b1 == evaluate_random(real, 2, settings)[0].accs
 
 
 def test_dataset_mismatch_is_refused(real):
@@ -91,7 +92,7 @@ def test_dataset_mismatch_is_refused(real):
     s = synth_from(real)
     s.meta.dataset = "mnist"
     with pytest.raises(CondenseError, match="distilled from 'mnist'"):
-        evaluate_set(s, real, get_protocol("dsa"), ["convnet"], runs=1)
+        evaluate_set(s, real, EvalSettings(get_protocol("dsa"), ["convnet"], runs=1))
 
 
 def test_protocol_is_frozen_hashed_and_reported(real, tmp_path):
@@ -101,7 +102,7 @@ def test_protocol_is_frozen_hashed_and_reported(real, tmp_path):
     assert p.train.augment == "color_crop_cutout_flip_scale_rotate" and len(p.hash) == 12
     short = p.with_epochs(2)
     assert short.name == "dsa@2ep" and short.hash == p.hash
-    res = evaluate_set(synth_from(real), real, short, ["convnet"], runs=2)
+    res = evaluate_set(synth_from(real), real, EvalSettings(short, ["convnet"], runs=2))
     report = Report(short, real.info.name, 0, [Row("random", 2, "x.h5", res)])
     report.save_json(tmp_path / "r.json")
     data = json.loads((tmp_path / "r.json").read_text())
@@ -118,3 +119,31 @@ def test_compiled_training_matches_eager_training(real):
         train_model(net, TrainData.tensors(x, y), TrainConfig(epochs=3, batch=8), make_generator(1), compile=compile)
         params.append(torch.cat([p.detach().flatten() for p in net.parameters()]))
     assert torch.allclose(params[0], params[1], atol=1e-4)
+
+
+def test_selection_modes_and_their_labels(real):
+    proto = get_protocol("dsa").with_epochs(4)
+    s = synth_from(real)
+    final = evaluate_set(s, real, EvalSettings(proto, ["convnet"], runs=2, every=1))[0]
+    best = evaluate_set(s, real, EvalSettings(proto, ["convnet"], runs=2, select="test-best", every=1))[0]
+    assert best.final_accs == final.accs  # the same training, only the reported number differs
+    assert all(b >= f for b, f in zip(best.accs, best.final_accs))
+    rest, val = real.holdout(4, make_generator(0))
+    assert val[0].shape == (40, 1, 28, 28) and rest.count(0) == real.count(0) - 4
+    held = set(val[1].tolist())
+    assert held == set(range(10)) and rest.train.labels.numel() == real.train.labels.numel() - 40
+    chosen = evaluate_set(s, rest, EvalSettings(proto, ["convnet"], runs=2, select="val", every=1, val=val))[0]
+    assert all(0 <= a <= 1 for a in chosen.accs)
+    report = Report(proto, real.info.name, 0, [Row("x", 2, "x.h5", [best], "test-best")])
+    assert "BEST TEST ACCURACY" in report.title() and "[test-best]" in report.to_markdown()
+
+
+def test_named_protocols_are_the_published_recipes():
+    dc, mtt, dd, nc = (get_protocol(n) for n in ("dc", "mtt", "datadam", "ncfm"))
+    assert (dc.train.epochs, dc.train.augment, dc.use_learned_lr) == (300, "none", False)
+    assert mtt.use_learned_lr and mtt.train.epochs == 1000
+    assert (dd.arch, dd.train.epochs, dd.train.batch) == ("convnetbn", 1800, 64)
+    assert (nc.train.optimizer, nc.train.lr, nc.train.epochs, nc.train.batch, nc.train.cutmix, nc.runs) == \
+        ("adamw", 1e-3, 2000, 128, 0.5, 10)
+    assert nc.train.milestones == (0.2, 0.4, 0.6, 0.8) and nc.train.gamma == 0.5
+    assert len({p.hash for p in (dc, mtt, dd, nc, get_protocol("dsa"))}) == 5
