@@ -47,6 +47,13 @@ def key_of(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def recipe_fields(recipe: TrainConfig) -> dict[str, Any]:
+    """The recipe's settings that differ from TrainConfig's defaults: adding a new setting (with a
+    default) later keeps every cached artifact's key, and so its file, valid."""
+    default = TrainConfig()
+    return {k: v for k, v in asdict(recipe).items() if v != getattr(default, k)}
+
+
 def _safe(name: str) -> str:
     return name.replace("/", "_").replace(":", "_")
 
@@ -66,7 +73,7 @@ class Artifacts:
     def describe(self, real: RealData, arch: str, recipe: TrainConfig, seed: int, kind: str = "trained-network"
                  ) -> dict[str, Any]:
         return {"kind": kind, "version": ARTIFACT_VERSION, "dataset": real.info.name,
-                "pixel_space": real.pre.pixel_space, "arch": arch, "recipe": asdict(recipe), "seed": seed}
+                "pixel_space": real.pre.pixel_space, "arch": arch, "recipe": recipe_fields(recipe), "seed": seed}
 
     def path(self, desc: dict[str, Any]) -> Path:
         return self.root / "networks" / f"{_safe(desc['dataset'])}-{desc['arch']}-{key_of(desc)}.pt"
