@@ -130,6 +130,9 @@ def eval_(
     select_every: int = typer.Option(0, "--select-every", help="Checkpoint interval for val/test-best (default: "
                                      "a tenth of the epochs)."),
     val_size: int = typer.Option(500, "--val-size", help="Validation images held out per class for --select val."),
+    full_acc: Optional[float] = typer.Option(None, "--full-acc", help="Test accuracy (%) of the architecture trained "
+                                             "on the whole training set (condense teachers); with --baseline "
+                                             "random it adds DD-Ranking's HLR, IOR and LRS to the JSON and table."),
     seed: int = Seed, device: str = Device, data_root: Optional[Path] = DataRoot, quiet: bool = Quiet,
 ) -> None:
     """Retrain fresh networks on synthetic sets and report test accuracy per IPC and architecture."""
@@ -191,6 +194,8 @@ def eval_(
             done.add(key)
             res = evaluate_random(real.with_preprocess(s.preprocess), s.meta.ipc, settings, reporter)
             report.rows.append(Row("random (real subset)", s.meta.ipc, "baseline", res, select))
+    if full_acc is not None:
+        add_scores(report, full_acc / 100 if full_acc > 1 else full_acc)
     from rich.console import Console
 
     report.print(Console())
@@ -201,6 +206,22 @@ def eval_(
 
         with atomic_path(Path(markdown)) as tmp:
             tmp.write_text(report.to_markdown())
+
+
+def add_scores(report, full: float) -> None:
+    """HLR / IOR / LRS (fractions) for every row that has a random baseline of its IPC."""
+    from evaluators.metrics import hlr, ior, lrs
+
+    base = {r.ipc: {a.arch: a.mean for a in r.results} for r in report.rows if r.source == "baseline"}
+    if not base:
+        raise CondenseError("--full-acc needs --baseline random (IOR compares with the random subset).")
+    for row in report.rows:
+        scores = {}
+        for a in row.results:
+            h = hlr(full, a.mean)
+            i = ior(a.mean, base.get(row.ipc, {}).get(a.arch, float("nan")))
+            scores[a.arch] = {"HLR": h, "IOR": i, "LRS": lrs(i, h)} if i == i else {"HLR": h}
+        row.extra["scores"] = scores
 
 
 @app.command()

@@ -55,14 +55,18 @@ class Report:
                 f"{self.protocol.train.epochs} epochs, {how} (%), mean ± std")
 
     @staticmethod
-    def cell(res: ArchResult | None) -> str:
+    def cell(res: ArchResult | None, scores: dict[str, float] | None = None) -> str:
         if res is None or not res.accs:
             return "—"
-        return f"{100 * res.mean:.1f} ± {100 * res.std:.1f} (n={len(res.accs)})"
+        text = f"{100 * res.mean:.1f} ± {100 * res.std:.1f} (n={len(res.accs)})"
+        if scores and "IOR" in scores:
+            text += f"  HLR {scores['HLR']:+.3f} IOR {scores['IOR']:+.3f} LRS {scores['LRS']:.3f}"
+        return text
 
     def _cells(self, row: Row) -> list[str]:
         by = {r.arch: r for r in row.results}
-        return [self.cell(by.get(a)) for a in self.archs]
+        scores = row.extra.get("scores", {})
+        return [self.cell(by.get(a), scores.get(a)) for a in self.archs]
 
     def method_label(self, row: Row) -> str:
         return row.method if row.selection == "final" else f"{row.method} [{row.selection}]"

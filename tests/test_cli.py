@@ -93,3 +93,22 @@ def test_ncfm_pool_prebuild_and_eval_without_decoding(monkeypatch, capsys, data_
     assert row["method"] == "ncfm (stored, no decode)" and row["train_images"] == 10
     code, _, err = cli(monkeypatch, capsys, "teachers", "--pool", "random", "--data-root", data_root, "--quiet")
     assert code == 1 and "needs no pretrained networks" in err
+
+
+def test_eval_reports_ddranking_scores(monkeypatch, capsys, data_root, tmp_path):
+    out = tmp_path / "r.h5"
+    assert cli(monkeypatch, capsys, "distill", "--algo", "random", "--ipc", "1", "--out", out, "--data-root",
+               data_root, "--quiet")[0] == 0
+    code, text, err = cli(monkeypatch, capsys, "eval", out, "--runs", "1", "--epochs", "1", "--baseline", "random",
+                          "--full-acc", "93.5", "--data-root", data_root, "--json", tmp_path / "e.json", "--quiet")
+    assert code == 0, err
+    rows = json.loads((tmp_path / "e.json").read_text())["rows"]
+    syn = next(r for r in rows if r["method"] == "random")
+    base = next(r for r in rows if r["source"] == "baseline")
+    s = syn["scores"]["convnet"]
+    assert s["HLR"] == pytest.approx(0.935 - syn["results"][0]["mean"])
+    assert s["IOR"] == pytest.approx(syn["results"][0]["mean"] - base["results"][0]["mean"])
+    assert 0 <= s["LRS"] <= 1 and "LRS" in text
+    code, _, err = cli(monkeypatch, capsys, "eval", out, "--runs", "1", "--epochs", "1", "--full-acc", "93.5",
+                       "--data-root", data_root, "--quiet")
+    assert code == 1 and "--baseline random" in err
