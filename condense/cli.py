@@ -69,23 +69,30 @@ def distill(
     seed: int = Seed, device: str = Device, data_root: Optional[Path] = DataRoot, quiet: bool = Quiet,
 ) -> None:
     """Distill a synthetic set and write it to OUT (synth.h5)."""
+    from condense.data import load_dataset
+    from condense.runtime import resolve_device
+
+    dev = resolve_device(device)
+    real = load_dataset(dataset, data_root, download, zca=zca, device=dev)
+    _distill_one(algo, ipc, real, out, preset, _parse_sets(set_), iters, seed, cache, _reporter(quiet), ckpt_every,
+                 resume_from or (Path(str(out) + ".ckpt") if resume else None), eval_every)
+
+
+def _distill_one(algo: str, ipc: int, real, out: Path, preset: Optional[str], overrides: dict, iters: Optional[int],
+                 seed: int, cache: Optional[Path], reporter, ckpt_every: int = 100, resume: Optional[Path] = None,
+                 eval_every: int = 0):
+    """Build the configured algorithm and run it through the driver (shared by distill and bench)."""
     import algorithms
     from algorithms.base import Context, config_from
     from condense.artifacts import Artifacts
-    from condense.data import load_dataset
     from condense.run import RunSpec, preset_values, run_distill
-    from condense.runtime import resolve_device
 
     if ipc < 1:
         raise CondenseError(f"--ipc must be a positive number of images per class (got {ipc}).")
     cls = algorithms.ALGORITHMS.get(algo)
-    dev = resolve_device(device)
-    reporter = _reporter(quiet)
-    overrides = _parse_sets(set_)
-    spec = RunSpec(cls.name, dataset, ipc, out, seed, preset, iters, overrides, ckpt_every,
-                   resume_from or (Path(str(out) + ".ckpt") if resume else None),
-                   eval_every, zca)
-    real = load_dataset(dataset, data_root, download, zca=zca, device=dev)
+    dev = real.device
+    spec = RunSpec(cls.name, real.info.name, ipc, out, seed, preset, iters, overrides, ckpt_every, resume, eval_every,
+                   real.pre.pixel_space == "zca")
     values = {**preset_values(cls.name, preset, real.info.name, ipc), **overrides, "ipc": ipc}
     if iters is not None:
         values["iters"] = iters
@@ -104,6 +111,7 @@ def distill(
     synth = run_distill(algorithm, spec, reporter, evaluate)
     reporter.log(f"wrote {out}: {len(synth)} images ({synth.meta.ipc} per class, {synth.meta.dataset}, "
                  f"{algorithm.name}) in {time.time() - t0:.1f}s")
+    return synth
 
 
 @app.command("eval")
@@ -139,21 +147,8 @@ def eval_(
     from condense.data import load_dataset
     from condense.runtime import resolve_device
     from condense.synthetic import load
-    from evaluators.protocols import get_protocol
-    from evaluators.report import Report, Row
-    from evaluators.retrain import EvalSettings, evaluate_random, evaluate_set
 
-    proto = get_protocol(protocol).with_epochs(epochs)
-    if epochs is not None and epochs < 1:
-        raise CondenseError(f"--epochs must be positive (got {epochs}).")
-    archs = [a.strip() for a in (arch or proto.arch).split(",") if a.strip()]
-    from condense.models import MODELS
-
-    for a in archs:
-        MODELS.get(a)
-    n_runs = runs if runs is not None else proto.runs
-    if n_runs < 1:
-        raise CondenseError(f"--runs must be at least 1 (got {n_runs}).")
+    settings = _settings(protocol, epochs, arch, runs, seed, compile, select, select_every, None)
     if baseline not in (None, "random"):
         raise CondenseError(f"--baseline '{baseline}' is not known; the baseline is 'random'.")
     sets = [(p, load(p)) for p in files]
@@ -171,29 +166,14 @@ def eval_(
         from condense.runtime import derive_seed, make_generator
 
         real, val = real.holdout(val_size, make_generator(derive_seed(seed, "validation-split")))
-    settings = EvalSettings(proto, archs, n_runs, seed, compile, select, select_every, val)
-    console = _console()
+        settings.val = val
+    proto = settings.protocol
     if not quiet:
         from rich.markup import escape
 
-        console.print(f"protocol [bold]{escape(proto.name)}[/] {escape(f'[{proto.hash}]')}: {escape(proto.description)}")
-    report = Report(proto, real.info.name, seed)
-    for path, s in sets:
-        if val is not None and s.preprocess.pixel_space == "zca":
-            raise CondenseError("--select val with ZCA-whitened sets is not supported yet; use final.")
-        res = evaluate_set(s, real, settings, reporter, label=path.name)
-        method = (s.meta.algorithm or "?") + (" (stored, no decode)" if no_decode and s.compact_attrs else "")
-        report.rows.append(Row(method, s.meta.ipc, str(path), res, select,
-                               extra={"train_images": len(s), "stored_images": s.stored_images(), "compiled": compile}))
-    if baseline == "random":
-        done = set()
-        for _, s in sets:
-            key = (s.meta.ipc, s.meta.pixel_space)
-            if key in done:
-                continue
-            done.add(key)
-            res = evaluate_random(real.with_preprocess(s.preprocess), s.meta.ipc, settings, reporter)
-            report.rows.append(Row("random (real subset)", s.meta.ipc, "baseline", res, select))
+        _console().print(f"protocol [bold]{escape(proto.name)}[/] {escape(f'[{proto.hash}]')}: "
+                         f"{escape(proto.description)}")
+    report = _evaluate(sets, real, settings, baseline == "random", no_decode, reporter)
     if full_acc is not None:
         add_scores(report, full_acc / 100 if full_acc > 1 else full_acc)
     from rich.console import Console
@@ -206,6 +186,157 @@ def eval_(
 
         with atomic_path(Path(markdown)) as tmp:
             tmp.write_text(report.to_markdown())
+
+
+def _evaluate(sets: list, real, settings, baseline: bool, no_decode: bool, reporter):
+    """Evaluate (path, SyntheticSet) pairs and, if asked, the random baseline of each IPC: a Report."""
+    from evaluators.report import Report, Row
+    from evaluators.retrain import evaluate_random, evaluate_set
+
+    report = Report(settings.protocol, real.info.name, settings.seed)
+    for path, s in sets:
+        if settings.val is not None and s.preprocess.pixel_space == "zca":
+            raise CondenseError("--select val with ZCA-whitened sets is not supported yet; use final.")
+        res = evaluate_set(s, real, settings, reporter, label=Path(path).name)
+        method = (s.meta.algorithm or "?") + (" (stored, no decode)" if no_decode and s.compact_attrs else "")
+        report.rows.append(Row(method, s.meta.ipc, str(path), res, settings.select,
+                               extra={"train_images": len(s), "stored_images": s.stored_images(),
+                                      "compiled": settings.compile}))
+    if baseline:
+        done = set()
+        for _, s in sets:
+            key = (s.meta.ipc, s.meta.pixel_space)
+            if key not in done:
+                done.add(key)
+                res = evaluate_random(real.with_preprocess(s.preprocess), s.meta.ipc, settings, reporter)
+                report.rows.append(Row("random (real subset)", s.meta.ipc, "baseline", res, settings.select))
+    return report
+
+
+@app.command()
+def bench(
+    dataset: str = typer.Option("fashion-mnist", "--dataset"),
+    algos: str = typer.Option("random,dm,datadam,ncfm", "--algos", help="Comma-separated methods."),
+    ipc: str = typer.Option("1,10", "--ipc", help="Comma-separated IPCs."),
+    preset: Optional[str] = typer.Option("cpu", "--preset", help="Preset of every method that has it."),
+    protocol: str = typer.Option("dsa", "--protocol"),
+    runs: Optional[int] = typer.Option(None, "--runs"),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    sets_dir: Path = typer.Option(Path("bench-sets"), "--sets-dir", help="Where the distilled sets are kept and "
+                                  "reused (an interrupted distillation resumes)."),
+    out: Path = typer.Option(Path("bench.md"), "--out", help="Markdown report (with the commands behind it)."),
+    json_out: Optional[Path] = typer.Option(None, "--json"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Accuracy vs IPC per method as a PNG (needs the "
+                                        "[plot] extra: matplotlib)."),
+    cache: Optional[Path] = typer.Option(None, "--cache"),
+    seed: int = Seed, device: str = Device, data_root: Optional[Path] = DataRoot, quiet: bool = Quiet,
+) -> None:
+    """The whole suite in one command: distill every method at every IPC (reusing sets already made),
+    evaluate them and the random baseline under one protocol, write a report (and plot)."""
+    import algorithms
+    from condense.data import load_dataset
+    from condense.runtime import resolve_device
+    from condense.synthetic import atomic_path, load
+
+    names = [a.strip() for a in algos.split(",") if a.strip()]
+    for a in names:
+        algorithms.ALGORITHMS.get(a)
+    try:
+        ipcs = [int(v) for v in ipc.split(",") if v.strip()]
+    except ValueError:
+        raise CondenseError(f"--ipc takes comma-separated integers, got '{ipc}'.") from None
+    dev = resolve_device(device)
+    reporter = _reporter(quiet)
+    real = load_dataset(dataset, data_root, device=dev)
+    commands, sets = [], []
+    for k in ipcs:
+        for a in names:
+            path = sets_dir / f"{real.info.name.replace(':', '_')}-{a}-ipc{k}-{preset or 'default'}-s{seed}.h5"
+            used = _preset_or_none(a, preset, real.info.name, k)
+            commands.append(f"condense distill --algo {a} --ipc {k} --dataset {real.info.name}"
+                            f"{' --preset ' + used if used else ''} --seed {seed} --out {path}")
+            if not path.is_file():
+                ckpt = Path(str(path) + ".ckpt")
+                _distill_one(a, k, real, path, used, {}, None, seed, cache, reporter,
+                             resume=ckpt if ckpt.is_file() else None)
+            sets.append((path, load(path)))
+    settings = _settings(protocol, epochs, None, runs, seed, True, "final", 0, None)
+    report = _evaluate(sets, real, settings, True, False, reporter)
+    from rich.console import Console
+
+    report.print(Console())
+    eval_cmd = f"condense eval {' '.join(str(p) for p, _ in sets)} --protocol {protocol} --baseline random"
+    text = (report.to_markdown() + "\n\nProduced by `condense bench`; equivalent commands:\n\n```\n"
+            + "\n".join(commands + [eval_cmd]) + "\n```\n")
+    with atomic_path(out) as tmp:
+        tmp.write_text(text)
+    if json_out:
+        report.save_json(json_out)
+    if plot:
+        plot_report(report, plot)
+
+
+def _preset_or_none(algo: str, preset: Optional[str], dataset: str, ipc: int) -> Optional[str]:
+    """The preset if the method has it, else None (selection baselines have no presets)."""
+    from condense.run import preset_values
+
+    if preset is None:
+        return None
+    try:
+        preset_values(algo, preset, dataset, ipc)
+        return preset
+    except CondenseError:
+        return None
+
+
+def plot_report(report, path: Path) -> None:
+    """Accuracy (mean ± std) against IPC, one line per method and architecture."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CondenseError("--plot needs matplotlib: pip install 'condense-dd[plot]'.") from None
+    from condense.synthetic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    methods = sorted({r.method for r in report.rows})
+    for m in methods:
+        for arch in report.archs:
+            pts = sorted((r.ipc, a.mean, a.std) for r in report.rows if r.method == m for a in r.results
+                         if a.arch == arch)
+            if pts:
+                xs, ys, es = zip(*pts)
+                ax.errorbar(xs, [100 * y for y in ys], [100 * e for e in es], marker="o", capsize=3,
+                            label=m if len(report.archs) == 1 else f"{m} ({arch})")
+    ax.set_xscale("log")
+    ax.set_xlabel("images per class")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{report.dataset}, protocol {report.protocol.name}", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def _settings(protocol: str, epochs: Optional[int], arch: Optional[str], runs: Optional[int], seed: int,
+              compile: bool, select: str, select_every: int, val):
+    from condense.models import MODELS
+    from evaluators.protocols import get_protocol
+    from evaluators.retrain import EvalSettings
+
+    if epochs is not None and epochs < 1:
+        raise CondenseError(f"--epochs must be positive (got {epochs}).")
+    proto = get_protocol(protocol).with_epochs(epochs)
+    archs = [a.strip() for a in (arch or proto.arch).split(",") if a.strip()]
+    for a in archs:
+        MODELS.get(a)
+    n_runs = runs if runs is not None else proto.runs
+    if n_runs < 1:
+        raise CondenseError(f"--runs must be at least 1 (got {n_runs}).")
+    return EvalSettings(proto, archs, n_runs, seed, compile, select, select_every, val)
 
 
 def add_scores(report, full: float) -> None:

@@ -65,8 +65,6 @@ class EvalSettings:
     def __post_init__(self) -> None:
         if self.select not in ("final", "val", "test-best"):
             raise CondenseError(f"--select must be final, val or test-best (got '{self.select}').")
-        if self.select == "val" and self.val is None:
-            raise CondenseError("--select val needs a validation split (see --val-size).")
 
 
 def check_compatible(synth: SyntheticSet, real: RealData, where: str) -> None:
@@ -85,6 +83,8 @@ def train_and_test(images: torch.Tensor, targets: torch.Tensor, real: RealData, 
     """One run: a fresh `arch` trained on (images, targets) under the protocol.
     Returns (reported accuracy, final-epoch accuracy)."""
     info, device, cfg = real.info, real.device, settings.protocol.train
+    if settings.select == "val" and settings.val is None:
+        raise CondenseError("--select val needs a validation split (see --val-size).")
     net = build_model(arch, info.channels, info.num_classes, info.size,
                       seed=derive_seed(settings.seed, tag, arch, run, "init")).to(device)
     gen = make_generator(derive_seed(settings.seed, tag, arch, run, "data"))

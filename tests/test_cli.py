@@ -112,3 +112,29 @@ def test_eval_reports_ddranking_scores(monkeypatch, capsys, data_root, tmp_path)
     code, _, err = cli(monkeypatch, capsys, "eval", out, "--runs", "1", "--epochs", "1", "--full-acc", "93.5",
                        "--data-root", data_root, "--quiet")
     assert code == 1 and "--baseline random" in err
+
+
+def test_bench_runs_the_suite_and_reuses_sets(monkeypatch, capsys, data_root, tmp_path):
+    args = ["bench", "--algos", "random,herding", "--ipc", "1", "--epochs", "1", "--runs", "1", "--sets-dir",
+            tmp_path / "sets", "--out", tmp_path / "bench.md", "--json", tmp_path / "b.json", "--data-root",
+            data_root, "--quiet"]
+    code, text, err = cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    made = sorted(p.name for p in (tmp_path / "sets").glob("*.h5"))
+    assert len(made) == 2
+    md = (tmp_path / "bench.md").read_text()
+    assert "condense distill --algo herding --ipc 1" in md and "random (real subset)" in md
+    mtimes = [p.stat().st_mtime_ns for p in (tmp_path / "sets").glob("*.h5")]
+    assert cli(monkeypatch, capsys, *args)[0] == 0
+    assert [p.stat().st_mtime_ns for p in (tmp_path / "sets").glob("*.h5")] == mtimes  # reused
+
+
+def test_eval_select_val_and_test_best(monkeypatch, capsys, data_root, tmp_path):
+    out = tmp_path / "r.h5"
+    assert cli(monkeypatch, capsys, "distill", "--algo", "random", "--ipc", "1", "--out", out, "--data-root",
+               data_root, "--quiet")[0] == 0
+    for select in ("val", "test-best"):
+        code, text, err = cli(monkeypatch, capsys, "eval", out, "--runs", "1", "--epochs", "2", "--select", select,
+                              "--select-every", "1", "--val-size", "4", "--data-root", data_root, "--quiet")
+        assert code == 0, err
+        assert f"[{select}]" in " ".join(text.split())
