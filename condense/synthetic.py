@@ -174,13 +174,6 @@ class SyntheticSet(Dataset):
             labels = torch.arange(self.meta.num_classes).repeat_interleave(imgs.shape[0] // self.meta.num_classes)
         return SyntheticSet(imgs, labels.long(), self.meta, None, {}, self.lr, {}, dict(self.compact_attrs), self.zca)
 
-    def subset_per_class(self, n: int) -> "SyntheticSet":
-        """The first n images of every class (e.g. the undecoded count for fair comparison)."""
-        keep = torch.cat([torch.nonzero(self.labels == c).flatten()[:n] for c in range(self.meta.num_classes)])
-        return SyntheticSet(self.images[keep], self.labels[keep], self.meta,
-                            None if self.soft_labels is None else self.soft_labels[keep], dict(self.soft_attrs),
-                            self.lr, {}, {}, self.zca)
-
     # ---- file I/O ----------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path:
