@@ -32,8 +32,10 @@ class Protocol:
         """The same protocol with another epoch budget (reported as a modification)."""
         if epochs is None or epochs == self.train.epochs:
             return self
-        return Protocol(f"{self.name}@{epochs}ep", self.description, self.train.with_(epochs=epochs), self.runs,
-                        self.arch, self.use_learned_lr, self.hash)
+        note = (f"MODIFIED: {epochs} epochs instead of {self.train.epochs} (milestones are fractions of the "
+                f"budget, so the decay moves with it); not comparable with published {self.name} numbers")
+        return Protocol(f"{self.name}@{epochs}ep", f"{self.description}. {note}", self.train.with_(epochs=epochs),
+                        self.runs, self.arch, self.use_learned_lr, self.hash)
 
     def to_json(self) -> dict:
         return {"name": self.name, "hash": self.hash, "description": self.description, "runs": self.runs,

@@ -147,3 +147,11 @@ def test_named_protocols_are_the_published_recipes():
         ("adamw", 1e-3, 2000, 128, 0.5, 10)
     assert nc.train.milestones == (0.2, 0.4, 0.6, 0.8) and nc.train.gamma == 0.5
     assert len({p.hash for p in (dc, mtt, dd, nc, get_protocol("dsa"))}) == 5
+
+
+def test_shortened_protocol_says_it_is_modified():
+    full = get_protocol("dsa")
+    short = full.with_epochs(300)
+    assert short.name == "dsa@300ep" and short.train.epochs == 300
+    assert "MODIFIED: 300 epochs instead of 1000" in short.description
+    assert full.with_epochs(None) is full and full.with_epochs(1000) is full
