@@ -83,7 +83,7 @@ class Algorithm:
     def init(self) -> None:
         """Build the learnable synthetic parameters (real-image or noise initialization)."""
 
-    def step(self, it: int) -> dict[str, float]:
+    def step(self, it: int) -> dict[str, float | torch.Tensor]:
         """One outer iteration; returns scalars to log."""
         return {}
 

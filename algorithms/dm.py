@@ -202,7 +202,7 @@ class ClassMatching(Algorithm):
         smallest = min(self.real.count(c) for c in range(self.real.info.num_classes))
         return min(self.cfg.batch_real, smallest)  # type: ignore[attr-defined]
 
-    def step(self, it: int) -> dict[str, float]:
+    def step(self, it: int) -> dict[str, float | Tensor]:
         cfg: MatchConfig = self.cfg  # type: ignore[assignment]
         net = self.sample_network()
         params = self.siamese_params()
@@ -213,7 +213,7 @@ class ClassMatching(Algorithm):
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return {"loss": float(loss.detach())}
+        return {"loss": loss.detach()}  # a tensor: the display reads it when it redraws, no sync per step
 
     def synthetic(self) -> SyntheticSet:
         return self.make_set(self.images, self.labels)

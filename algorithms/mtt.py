@@ -250,7 +250,7 @@ class MTT(Algorithm):
             out.append((step, target, 1.0 / (start.to(self.ctx.device) - target).square().sum()))
         return out
 
-    def step(self, it: int) -> dict[str, float]:
+    def step(self, it: int) -> dict[str, float | Tensor]:
         cfg: MTTConfig = self.cfg  # type: ignore[assignment]
         expert = self.experts[int(torch.randint(len(self.experts), (1,), generator=self.ctx.generator))]
         t = self.start_epoch(it)
@@ -264,14 +264,14 @@ class MTT(Algorithm):
             opt.zero_grad(set_to_none=True)
         grads = unroll if cfg.memory == "unroll" else recompute
         loss = grads(self, start, plan, targets, scale)
-        gate_open = not cfg.loss_gate or loss <= cfg.loss_gate
+        gate_open = not cfg.loss_gate or bool(loss <= cfg.loss_gate)  # the gate alone needs the value on the host
         if gate_open:
             for opt in self.optimizers():
                 opt.step()
             with torch.no_grad():
                 lo, hi = cfg.lr_bounds
                 self.log_lr.clamp_(math.log(lo), math.log(hi))
-        return {"loss": loss, "lr": float(self.log_lr.detach().exp()), "start": float(t)}
+        return {"loss": loss, "lr": self.log_lr.detach().exp(), "start": float(t)}
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.opt_img, self.opt_lr] + ([self.opt_y] if self.soft is not None else [])
@@ -317,7 +317,7 @@ def matching_loss(thetas: dict[int, Tensor], targets: list[tuple[int, Tensor, Te
     return sum((thetas[step] - target).square().sum() * inv for step, target, inv in targets)  # type: ignore[return-value]
 
 
-def unroll(algo: MTT, start: Tensor, plan, targets, scale: float) -> float:
+def unroll(algo: MTT, start: Tensor, plan, targets, scale: float) -> Tensor:
     """Plain backpropagation through all N inner steps."""
     cfg: MTTConfig = algo.cfg  # type: ignore[assignment]
     alpha = algo.log_lr.exp()
@@ -334,10 +334,10 @@ def unroll(algo: MTT, start: Tensor, plan, targets, scale: float) -> float:
             kept[n + 1] = theta
     total = matching_loss(kept, targets)
     total.backward()
-    return float(total.detach())
+    return total.detach()
 
 
-def recompute(algo: MTT, start: Tensor, plan, targets, scale: float) -> float:
+def recompute(algo: MTT, start: Tensor, plan, targets, scale: float) -> Tensor:
     """The same gradient as `unroll`, keeping only the N parameter vectors: a forward pass without
     graphs, then a backward sweep that rebuilds one inner step at a time.
 
@@ -346,7 +346,7 @@ def recompute(algo: MTT, start: Tensor, plan, targets, scale: float) -> float:
     and soft labels receive d<g_n, lb*>/d(x, y), alpha receives -<b_{n+1}, lt_{n+1}>."""
     cfg: MTTConfig = algo.cfg  # type: ignore[assignment]
     mu = cfg.inner_momentum
-    alpha = float(algo.log_lr.detach().exp())
+    alpha = algo.log_lr.detach().exp()  # a 0-d tensor: no host sync
     images, soft = algo.images.detach(), None if algo.soft is None else algo.soft.detach()
     thetas, bufs = [start.detach()], [torch.zeros_like(start)]
     for idx, p in plan:  # forward: parameters only
@@ -382,7 +382,7 @@ def recompute(algo: MTT, start: Tensor, plan, targets, scale: float) -> float:
             lt = lt + seeds[n]
     # d L / d log(alpha) = alpha d L / d alpha
     algo.log_lr.grad = (alpha * d_alpha).reshape(())
-    return float(total.detach())
+    return total.detach()
 
 
 def kmeans(x: Tensor, k: int, g: torch.Generator, iters: int = 25) -> Tensor:

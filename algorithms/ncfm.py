@@ -299,7 +299,7 @@ class NCFM(ClassMatching):
         x = self.images if c is None else self.images[c * cfg.ipc:(c + 1) * cfg.ipc]
         return self.real.pre(decode(x, cfg.factor))
 
-    def step(self, it: int) -> dict[str, float]:
+    def step(self, it: int) -> dict[str, float | Tensor]:
         cfg: NCFMConfig = self.cfg  # type: ignore[assignment]
         k = self.real.info.num_classes
         member = int(torch.randint(len(self.pool), (1,), generator=self.ctx.generator))

@@ -6,8 +6,12 @@ a reporter and wraps its loop in `reporter.task(...)`.
 """
 from __future__ import annotations
 
+import time
+
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
+
+import torch
 
 Update = Callable[..., None]  # update(advance=1, **fields shown next to the bar)
 
@@ -54,9 +58,17 @@ class RichReporter(Reporter):
         self._depth += 1
         tid = bar.add_task(description, total=total, info="")
 
+        shown = [0.0]
+
         def update(advance: int = 1, **fields: Any) -> None:
-            info = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
-            bar.update(tid, advance=advance, **({"info": info} if fields else {}))
+            # Fields may be device tensors: they are read (a host sync) at most twice a second.
+            now = time.monotonic()
+            if fields and now - shown[0] >= 0.5:
+                shown[0] = now
+                info = "  ".join(_fmt(k, v) for k, v in fields.items())
+                bar.update(tid, advance=advance, info=info)
+            else:
+                bar.update(tid, advance=advance)
 
         try:
             yield update
@@ -71,3 +83,9 @@ class RichReporter(Reporter):
     def log(self, message: str) -> None:
         if not self.quiet:
             self.console.print(message)
+
+
+def _fmt(key: str, value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        value = float(value)
+    return f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
