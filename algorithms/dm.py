@@ -30,7 +30,7 @@ from torch import Tensor
 from algorithms.base import ALGORITHMS, AlgoConfig, Algorithm
 from condense.augment import DEFAULT_STRATEGY, AugParams
 from condense.errors import CondenseError
-from condense.models import Network, build_model
+from condense.models import ConvNet, Network, build_model
 from condense.synthetic import SyntheticSet
 
 Feats = list[Tensor]  # per-sample features: each [B, ...]
@@ -169,10 +169,13 @@ class ClassMatching(Algorithm):
         into pieces (its sums accumulated) when `batch_real` exceeds `chunk`."""
         cfg: MatchConfig = self.cfg  # type: ignore[assignment]
         n = self.batch_real
+        # BatchNorm statistics span every class's real batch, as in the official DM and DataDAM code
+        # (features_real may still bound the memory, exactly); other norms are per image.
+        chunk = 0 if cfg.norm == "batchnorm" else cfg.chunk
         out: list[Feats] = []
         with torch.no_grad():
-            if cfg.chunk <= 0 or n <= cfg.chunk:
-                per = len(classes) if cfg.chunk <= 0 else cfg.chunk // n
+            if chunk <= 0 or n <= chunk:
+                per = len(classes) if chunk <= 0 else chunk // n
                 for s in range(0, len(classes), per):
                     group = classes[s:s + per]
                     x = torch.cat([self.augment(self.real.images_of(c, n, self.ctx.generator), params[c])
@@ -182,8 +185,8 @@ class ClassMatching(Algorithm):
             for c in classes:
                 x = self.augment(self.real.images_of(c, n, self.ctx.generator), params[c])
                 sums: list[Tensor] | None = None
-                for s in range(0, n, cfg.chunk):
-                    part = [f.sum(0) for f in self.real_features(net, x[s:s + cfg.chunk])]
+                for s in range(0, n, chunk):
+                    part = [f.sum(0) for f in self.real_features(net, x[s:s + chunk])]
                     sums = part if sums is None else [a + b for a, b in zip(sums, part)]
                 out.append([t / n for t in sums])  # type: ignore[union-attr]
         return out
@@ -259,5 +262,15 @@ class DM(ClassMatching):
     def features(self, net: Network, x: Tensor) -> Feats:
         return [net.embed(x)]
 
+    def features_real(self, net: Any, x: Tensor) -> Feats:
+        cfg: MatchConfig = self.cfg  # type: ignore[assignment]
+        if cfg.norm == "batchnorm" and cfg.chunk > 0 and isinstance(net, ConvNet):
+            return [net.features_lowmem(x, cfg.chunk, _keep_nothing)[1]]  # whole-batch statistics, bounded memory
+        return self.features(net, x)
+
     def class_loss(self, real_means: Feats, syn_means: Feats) -> Tensor:
         return mean_gap(real_means[0], syn_means[0])
+
+
+def _keep_nothing(a: Tensor) -> Tensor:
+    return a.new_empty(a.shape[0], 0)

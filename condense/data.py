@@ -216,14 +216,15 @@ def search_roots(data_root: str | os.PathLike | None) -> list[Path]:
     return roots
 
 
-def missing_dataset(name: str, looked: list[Path], extra: str = "") -> CondenseError:
-    how = [f"pass --download to fetch it with torchvision into {looked[0]}"]
+def missing_dataset(name: str, looked: list[Path], extra: str = "", downloadable: bool = True) -> CondenseError:
+    how = [f"pass --download to fetch it with torchvision into {looked[0]}"] if downloadable else []
     if name in APT_HINT:
         how.insert(0, f"run `{APT_HINT[name]}` (as root; run `apt-get update` first)")
     where = ", ".join(str(p) for p in looked)
+    get = f"To get it, {' or '.join(how)}; or point" if how else "Point"
     return CondenseError(
         f"Dataset '{name}' was not found. Looked in: {where}.{(' ' + extra) if extra else ''} "
-        f"To get it, {' or '.join(how)}; or point --data-root (or $CONDENSE_DATA) at a folder that has it.")
+        f"{get} --data-root (or $CONDENSE_DATA) at a folder that has it.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,7 +403,8 @@ def load_tiny(roots: list[Path], download: bool, spec: str) -> tuple[Split, Spli
             break
     else:
         raise missing_dataset("tiny-imagenet", roots, "Expected tiny-imagenet-200/ (unzip "
-                              "http://cs231n.stanford.edu/tiny-imagenet-200.zip there); torchvision cannot download it.")
+                              "http://cs231n.stanford.edu/tiny-imagenet-200.zip there); torchvision cannot download it.",
+                              downloadable=False)
     cache = base.parent / "tiny-imagenet.pt"
     if cache.is_file():
         d = torch.load(cache)

@@ -170,7 +170,8 @@ class ConvNet(Network):
         the budget (`chunk` images of the first block), its batch statistics are gathered over all
         images in a first pass and the convolution is recomputed in the second, so every image is
         normalized with the statistics of the whole batch, as one big forward would do. Work is
-        done in place where possible. Running statistics are not updated."""
+        done in place where possible. BatchNorm running statistics are left as they come out (the
+        callers sample a fresh network every step and never use them)."""
         reduced: list[Tensor] = []
         budget = 0
         for d, (conv, norm, act, pool) in enumerate(zip(self.convs, self.norms, self.acts, self.pools)):

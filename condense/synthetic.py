@@ -231,7 +231,11 @@ class SyntheticSet(Dataset):
                     raise CondenseError(f"{p}: not a condense synthetic set (format attribute is {fmt!r}, expected "
                                         f"{FORMAT!r}). To bring in tensors from other tools, build a SyntheticSet in "
                                         f"Python and call .save().")
-                version = int(f.attrs.get("format_version", -1))
+                if "format_version" not in f.attrs:
+                    raise CondenseError(f"{p}: the format_version attribute is missing, so the file cannot be "
+                                        f"read safely; it was not written by condense. Re-create it with "
+                                        f"`condense distill`.")
+                version = int(f.attrs["format_version"])
                 if version > FORMAT_VERSION:
                     raise CondenseError(f"{p}: written by a newer condense (format version {version}; this one reads "
                                         f"up to {FORMAT_VERSION}). Upgrade condense to read it.")
@@ -297,6 +301,15 @@ class SyntheticSet(Dataset):
                 raise bad("soft labels contain NaN or infinite values")
         if self.lr is not None and not (np.isfinite(self.lr) and self.lr > 0):
             raise bad(f"learned lr {self.lr} is not a positive finite number")
+        for name, t in self.compact.items():
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise bad(f"/compact/{name} contains NaN or infinite values")
+        if "images" in self.compact:
+            c = self.compact["images"]
+            if c.ndim != 4 or c.shape[1] != m.channels:
+                raise bad(f"/compact/images has shape {tuple(c.shape)}, expected [n, {m.channels}, h, w]")
+            if "labels" in self.compact and self.compact["labels"].shape[0] != c.shape[0]:
+                raise bad(f"/compact holds {self.compact['labels'].shape[0]} labels for {c.shape[0]} images")
 
 
 def load(path: str | os.PathLike, soft: bool = False) -> SyntheticSet:
@@ -348,8 +361,16 @@ def atomic_path(path: Path, directory: bool = False) -> Iterator[Path]:
         if directory:
             (tmp / EXPORT_MARK).write_text("written by condense export\n")
             os.chmod(tmp, 0o777 & ~umask)
-            if path.exists():
-                shutil.rmtree(path)
+            if path.exists():  # swap: the old folder is removed only once the new one is in place
+                old = path.with_name(f".{path.name}.old.{os.getpid()}")
+                os.replace(path, old)
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    os.replace(old, path)
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+                return
         else:
             os.chmod(tmp, 0o666 & ~umask)
             with open(tmp, "rb+") as f:

@@ -44,6 +44,26 @@ def test_chunking_the_real_forward_is_exact_with_instance_norm(real):
             assert torch.allclose(outs[0][c][0], other[c][0], atol=1e-5)
 
 
+def test_dm_with_batchnorm_normalizes_over_all_classes_at_once(real):
+    """As the official DM code does for BN networks: one batch of every class's real images."""
+    outs = []
+    for chunk in (0, 8):  # 8: the bounded-memory exact path
+        a = make(DM, real, chunk=chunk, norm="batchnorm", compile=False, dsa="none")
+        net = a.sample_network()
+        g_state = a.ctx.generator.get_state()
+        outs.append(a.real_class_means(net, a.siamese_params(), list(range(10))))
+    a.ctx.generator.set_state(g_state)
+    a.siamese_params()
+    x = torch.cat([a.real.images_of(c, 8, a.ctx.generator) for c in range(10)])
+    with torch.no_grad():
+        whole = net.embed(x).view(10, 8, -1).mean(1)
+        alone = net.embed(x[:8]).mean(0)  # class 0 normalized by itself: not what BN should see
+    for means in outs:
+        assert torch.allclose(means[0][0], whole[0], atol=1e-4)
+        assert torch.allclose(means[9][0], whole[9], atol=1e-4)
+    assert not torch.allclose(outs[0][0][0], alone, atol=1e-3)
+
+
 def test_datadam_attention_is_the_normalized_channel_sum():
     f = torch.randn(3, 5, 4, 4)
     for p in (1.0, 4.0):

@@ -72,11 +72,18 @@ def corrupt(path, how):
             f.attrs["height"] = 9
         elif how == "missing":
             del f["labels"]
+        elif how == "unversioned":
+            del f.attrs["format_version"]
+        elif how == "compact-nan":
+            d = f["compact/images"][...]
+            d[0, 0, 0, 0] = np.inf
+            f["compact/images"][...] = d
 
 
 @pytest.mark.parametrize("how,needle", [("foreign", "not a condense synthetic set"), ("newer", "newer condense"),
                                         ("nan", "NaN"), ("labels", "outside"), ("shape", "shape"),
-                                        ("missing", "missing")])
+                                        ("missing", "missing"), ("unversioned", "format_version"),
+                                        ("compact-nan", "/compact/images")])
 def test_corrupt_or_foreign_files_are_refused_with_the_file_named(tmp_path, how, needle):
     path = make_set().save(tmp_path / "s.h5")
     corrupt(path, how)
@@ -153,6 +160,7 @@ def test_export_never_deletes_a_folder_it_did_not_write(tmp_path):
     out = export_pt(s, tmp_path / "out")
     export_pt(s, out)  # an earlier export may be replaced
     assert (out / "images_best.pt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "out"]  # no temporary or old folder left
 
 
 def test_written_files_are_world_readable_like_any_other(tmp_path):
