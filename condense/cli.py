@@ -173,6 +173,10 @@ def eval_(
 
         _console().print(f"protocol [bold]{escape(proto.name)}[/] {escape(f'[{proto.hash}]')}: "
                          f"{escape(proto.description)}")
+    for p, s in sets:
+        if s.soft_labels is not None and proto.train.loss == "ce":
+            reporter.log(f"note: {p} stores soft labels, but protocol {proto.name} trains on its hard labels "
+                         f"(no soft-label protocol ships yet), so the number below ignores them.")
     report = _evaluate(sets, real, settings, baseline == "random", no_decode, reporter)
     if full_acc is not None:
         add_scores(report, full_acc / 100 if full_acc > 1 else full_acc)

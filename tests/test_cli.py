@@ -138,3 +138,15 @@ def test_eval_select_val_and_test_best(monkeypatch, capsys, data_root, tmp_path)
                               "--select-every", "1", "--val-size", "4", "--data-root", data_root, "--quiet")
         assert code == 0, err
         assert f"[{select}]" in " ".join(text.split())
+
+
+def test_eval_says_when_stored_soft_labels_are_not_used(monkeypatch, capsys, data_root, tmp_path):
+    out = tmp_path / "r.h5"
+    assert cli(monkeypatch, capsys, "distill", "--algo", "random", "--ipc", "1", "--out", out, "--data-root",
+               data_root, "--quiet")[0] == 0
+    s = condense.load(out)
+    s.soft_labels = __import__("torch").randn(len(s), 10)
+    s.save(out)
+    code, text, err = cli(monkeypatch, capsys, "eval", out, "--runs", "1", "--epochs", "1", "--data-root", data_root)
+    assert code == 0, err
+    assert "stores soft labels" in " ".join((text + err).split())
