@@ -99,7 +99,8 @@ class Report:
             "condense_version": package_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "rows": [{"method": r.method, "ipc": r.ipc, "source": r.source, "selection": r.selection, **r.extra,
                       "results": [{"arch": a.arch, "lr": a.lr, "accs": a.accs, "mean": a.mean, "std": a.std,
-                                   "final_accs": a.final_accs} for a in r.results]} for r in self.sorted_rows()],
+                                   "final_accs": a.final_accs, "test_best_accs": a.test_best_accs}
+                                  for a in r.results]} for r in self.sorted_rows()],
         }
 
     def save_json(self, path: str | Path) -> None:
