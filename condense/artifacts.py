@@ -54,6 +54,14 @@ def recipe_fields(recipe: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in asdict(recipe).items() if v != getattr(default, k)}
 
 
+def teacher_recipe(epochs: int, lr: float = 0.01, augment: str = "none") -> TrainConfig:
+    """How `condense teachers` trains a network on the whole training split (and so how the
+    soft-label protocols' teachers are trained): SGD with momentum 0.9, weight decay 5e-4, batch
+    256, cosine to 0. 15 epochs give a ConvNet-3 93.3% on Fashion-MNIST."""
+    return TrainConfig(epochs=epochs, batch=256, lr=lr, momentum=0.9, weight_decay=5e-4, schedule="cosine",
+                       augment=augment)
+
+
 def _safe(name: str) -> str:
     return name.replace("/", "_").replace(":", "_")
 

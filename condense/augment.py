@@ -10,6 +10,9 @@ cutout      a zeroed square of side int(0.5 H + 0.5), centre uniform over the im
 flip        horizontal flip with p = 0.5
 scale       independent x/y scaling, factor in [1/1.2, 1.2]
 rotate      rotation in [-15, 15] degrees
+rrc         random resized crop (torchvision's RandomResizedCrop, as SRe2L-style soft-label protocols
+            use it): a box of area fraction in [0.08, 1] and aspect ratio in [3/4, 4/3] (clipped to the
+            image) resized back to the full image, bilinear
 ==========  ===============================================================================
 
 In the standard mode ("single") one family is drawn per call; mode "all" applies every family
@@ -22,6 +25,7 @@ Gradients reach the pixels; the parameters are constants. The global RNG is neve
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -30,7 +34,7 @@ from torch import Tensor
 
 from condense.errors import CondenseError
 
-FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
+FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate", "rrc")
 DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
 
@@ -71,6 +75,7 @@ class DSA:
     flip_p: float = 0.5
     scale_ratio: float = 1.2
     rotate_deg: float = 15.0
+    rrc_min_area: float = 0.08  # torchvision's RandomResizedCrop default scale (0.08, 1)
     align_corners: bool = False  # DC/DSA's grid_sample default (MTT's copy uses True)
     families: tuple[str, ...] = field(init=False)
 
@@ -88,7 +93,8 @@ class DSA:
         """The same augmentation minus one family (e.g. no flip for digits)."""
         kept = "_".join(f for f in self.families if f != family) or "none"  # noqa: keeps the mode below
         return DSA(kept, self.mode, self.brightness, self.saturation, self.contrast, self.crop_ratio,
-                   self.cutout_ratio, self.flip_p, self.scale_ratio, self.rotate_deg, self.align_corners)
+                   self.cutout_ratio, self.flip_p, self.scale_ratio, self.rotate_deg, self.rrc_min_area,
+                   self.align_corners)
 
     # ---- sampling -------------------------------------------------------------------------
 
@@ -129,6 +135,12 @@ class DSA:
             return [("scale", {"factor": torch.rand(n, 2, generator=g) * (r - 1 / r) + 1 / r})]
         if fam == "rotate":
             return [("rotate", {"degrees": (torch.rand(n, generator=g) - 0.5) * 2 * self.rotate_deg})]
+        if fam == "rrc":
+            area = torch.rand(n, generator=g) * (1 - self.rrc_min_area) + self.rrc_min_area
+            ratio = torch.exp((torch.rand(n, generator=g) * 2 - 1) * math.log(4 / 3))
+            wh = torch.stack([(area * ratio).sqrt(), (area / ratio).sqrt()], 1).clamp(max=1.0)  # box side fractions
+            centre = (torch.rand(n, 2, generator=g) * 2 - 1) * (1 - wh)  # in [-1, 1] coordinates
+            return [("rrc", {"wh": wh, "centre": centre})]
         raise AssertionError(fam)
 
     # ---- application ----------------------------------------------------------------------
@@ -183,6 +195,16 @@ class DSA:
         # DSA samples the output->input factor s; the content is therefore zoomed by 1/s.
         return scale(x, 1.0 / self._per(p["factor"], x.shape[0]), padding_mode="zeros",
                      align_corners=self.align_corners)
+
+    def _rrc(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
+        wh, centre = self._per(p["wh"], x.shape[0]), self._per(p["centre"], x.shape[0])
+        theta = torch.zeros(x.shape[0], 2, 3, device=x.device, dtype=x.dtype)
+        theta[:, 0, 0], theta[:, 1, 1] = wh[:, 0], wh[:, 1]
+        theta[:, :, 2] = centre
+        grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+        # border: sample points between the last pixel centre and the box edge (a box reaching the image edge)
+        # take the edge pixel, as cropping whole pixels and resizing does
+        return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     def _rotate(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
         return rotate(x, self._per(p["degrees"], x.shape[0]), padding_mode="zeros",

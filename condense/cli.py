@@ -132,6 +132,13 @@ def eval_(
     compile: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile the networks' forward "
                                  "(same math, about 2x faster on CPU; results differ from eager only by float "
                                  "rounding)."),
+    teacher: str = typer.Option("convnet", "--teacher", help="Soft-label protocols (kd-static, kd-sre2l): the "
+                                "teacher architectures, comma-separated (their mean logits are the labels)."),
+    teacher_epochs: int = typer.Option(15, "--teacher-epochs", help="Epochs of the teachers' training on the whole "
+                                       "training split (cached; `condense teachers` builds them ahead)."),
+    teacher_num: int = typer.Option(1, "--teacher-num", help="Teachers per architecture (seeds 0..N-1)."),
+    stack: bool = typer.Option(True, "--stack/--no-stack", help="Train the runs of a ConvNet together as one "
+                               "grouped network (each run computes what it would alone; fewer, larger passes)."),
     select: str = typer.Option("final", "--select", help="final: last epoch (default); val: the epoch chosen on a "
                                "held-out split of the real training set; test-best: the legacy best test "
                                "accuracy over checkpoints (optimistic; labelled)."),
@@ -149,6 +156,7 @@ def eval_(
     from condense.synthetic import load
 
     settings = _settings(protocol, epochs, arch, runs, seed, compile, select, select_every, None)
+    settings.stack = stack
     if baseline not in (None, "random"):
         raise CondenseError(f"--baseline '{baseline}' is not known; the baseline is 'random'.")
     sets = [(p, load(p)) for p in files]
@@ -168,15 +176,19 @@ def eval_(
         real, val = real.holdout(val_size, make_generator(derive_seed(seed, "validation-split")))
         settings.val = val
     proto = settings.protocol
+    _attach_teacher(settings, real, teacher, teacher_epochs, teacher_num, dev, reporter)
     if not quiet:
         from rich.markup import escape
 
         _console().print(f"protocol [bold]{escape(proto.name)}[/] {escape(f'[{proto.hash}]')}: "
                          f"{escape(proto.description)}")
     for p, s in sets:
-        if s.soft_labels is not None and proto.train.loss == "ce":
-            reporter.log(f"note: {p} stores soft labels, but protocol {proto.name} trains on its hard labels "
-                         f"(no soft-label protocol ships yet), so the number below ignores them.")
+        if s.soft_labels is not None and proto.labels == "hard":
+            reporter.log(f"note: {p} stores soft labels, but protocol {proto.name} trains on its hard labels, so "
+                         f"the number below ignores them (--protocol kd-static uses them).")
+        if proto.labels != "hard" and s.preprocess.pixel_space == "zca":
+            raise CondenseError(f"{p} is stored in ZCA space; the soft-label protocols need teachers in that space, "
+                                f"which condense does not build yet. Evaluate it with a hard-label protocol.")
     report = _evaluate(sets, real, settings, baseline == "random", no_decode, reporter)
     if full_acc is not None:
         add_scores(report, full_acc / 100 if full_acc > 1 else full_acc)
@@ -205,7 +217,9 @@ def _evaluate(sets: list, real, settings, baseline: bool, no_decode: bool, repor
         method = (s.meta.algorithm or "?") + (" (stored, no decode)" if no_decode and s.compact_attrs else "")
         report.rows.append(Row(method, s.meta.ipc, str(path), res, settings.select,
                                extra={"train_images": len(s), "stored_images": s.stored_images(),
-                                      "compiled": settings.compile}))
+                                      "compiled": settings.compile, "stacked": settings.stack,
+                                      "labels": settings.protocol.labels,
+                                      **({"teacher": settings.teacher.description} if settings.teacher else {})}))
     if baseline:
         done = set()
         for _, s in sets:
@@ -265,6 +279,7 @@ def bench(
                              resume=ckpt if ckpt.is_file() else None)
             sets.append((path, load(path)))
     settings = _settings(protocol, epochs, None, runs, seed, True, "final", 0, None)
+    _attach_teacher(settings, real, "convnet", 15, 1, dev, reporter, cache)
     report = _evaluate(sets, real, settings, True, False, reporter)
     from rich.console import Console
 
@@ -325,6 +340,17 @@ def plot_report(report, path: Path) -> None:
     plt.close(fig)
 
 
+def _attach_teacher(settings, real, archs: str, epochs: int, num: int, dev, reporter, cache=None) -> None:
+    """Soft-label protocols: load (or train and cache) the teachers into `settings`."""
+    if settings.protocol.labels == "hard":
+        return
+    from condense.artifacts import Artifacts
+    from evaluators.softlabel import load_teacher
+
+    store = Artifacts(cache, reporter, dev, compile=True)
+    settings.teacher = load_teacher(store, real, [a.strip() for a in archs.split(",") if a.strip()], epochs, num)
+
+
 def _settings(protocol: str, epochs: Optional[int], arch: Optional[str], runs: Optional[int], seed: int,
               compile: bool, select: str, select_every: int, val):
     from condense.models import MODELS
@@ -363,7 +389,8 @@ def add_scores(report, full: float) -> None:
 def teachers(
     dataset: str = typer.Option("fashion-mnist", "--dataset"),
     arch: str = typer.Option("convnet", "--arch", help="Comma-separated architectures."),
-    epochs: int = typer.Option(20, "--epochs", help="Training epochs over the whole real training split."),
+    epochs: int = typer.Option(15, "--epochs", help="Training epochs over the whole real training split (15: the "
+                               "soft-label protocols' default teacher)."),
     num: int = typer.Option(1, "--num", help="Networks per architecture (seeds 0..num-1)."),
     lr: float = typer.Option(0.01, "--lr"),
     augment: str = typer.Option("none", "--augment", help="DSA strategy used while training, or none."),
@@ -380,10 +407,9 @@ def teachers(
     from rich.console import Console
     from rich.table import Table
 
-    from condense.artifacts import Artifacts
+    from condense.artifacts import Artifacts, teacher_recipe
     from condense.data import load_dataset
     from condense.runtime import resolve_device
-    from condense.train import TrainConfig
 
     dev = resolve_device(device)
     reporter = _reporter(quiet)
@@ -401,8 +427,7 @@ def teachers(
             raise CondenseError(f"{cls.name} needs no pretrained networks; nothing to build.")
         title = f"{real.info.name}: networks for {cls.name} ({len(jobs)})"
     else:
-        recipe = TrainConfig(epochs=epochs, batch=256, lr=lr, momentum=0.9, weight_decay=5e-4, schedule="cosine",
-                             augment=augment)
+        recipe = teacher_recipe(epochs, lr, augment)
         jobs = [(a.strip(), recipe, s) for a in arch.split(",") if a.strip() for s in range(num)]
         title = (f"{real.info.name}: networks trained on the whole training split ({epochs} epochs, SGD {lr}, "
                  f"cosine, augment {augment})")

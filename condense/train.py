@@ -39,6 +39,9 @@ class TrainConfig:
     soft_kind: str = "logits"  # soft targets are logits (softmax at the temperature) or probs
     temperature: float = 1.0  # KL temperature for soft targets
     cutmix: float = 0.0  # probability of CutMix per batch (NCFM protocol); 0 = off
+    mixup: float = 0.0  # MixUp on every batch with lambda ~ Beta(a, a) when a > 0 (INFER's static protocol: 0.8);
+    #                     stored soft logits are interpolated with the same lambda
+    kl_t2: bool = True  # multiply the KL loss by T^2 (Hinton); the SRe2L/INFER code does not
     dc_step: bool = False  # the DC/DSA code's exact step schedule: epochs + 1 epochs, the decay after
     #                        epoch int(m * epochs) + 1, and the SGD optimizer re-created (momentum reset) there
     clip_epochs: int = 0  # AST's clipping loss: the loss of epoch e < clip_epochs is scaled by 0.5 + 0.05 e
@@ -112,12 +115,26 @@ def cutmix(x: Tensor, y: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor, Te
     return x, y, y[perm], lam
 
 
-def input_gradient_penalty(model: nn.Module, x: Tensor) -> Tensor:
-    """AST's smoothness term on un-augmented inputs: mean over pixels of (||grad_x sum(logits)||_2 - 1)^2,
-    the norm taken over channels."""
+def mixup(x: Tensor, y: Tensor, g: torch.Generator, alpha: float) -> tuple[Tensor, Tensor, Tensor, float]:
+    """MixUp with lambda ~ Beta(alpha, alpha): returns mixed x, y, the partner labels and lambda."""
+    lam = _beta(alpha, g)
+    perm = torch.randperm(x.shape[0], generator=g).to(x.device, non_blocking=True)
+    return lam * x + (1 - lam) * x[perm], y, y[perm], lam
+
+
+def _beta(alpha: float, g: torch.Generator) -> float:
+    """One Beta(alpha, alpha) draw from `g` (torch's distributions cannot take a generator):
+    X / (X + Y) with X, Y ~ Gamma(alpha)."""
+    a = torch._standard_gamma(torch.full((2,), float(alpha)), generator=g)
+    return float(a[0] / a.sum())
+
+
+def input_gradient_penalty(forward: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """AST's smoothness term on un-augmented inputs `x` [R, B, C, H, W]: per run, the mean over
+    pixels of (||grad_x sum(logits)||_2 - 1)^2 with the norm over channels; summed over runs."""
     x = x.detach().requires_grad_(True)
-    (g,) = torch.autograd.grad(model(x).sum(), x, create_graph=True)
-    return (g.norm(dim=1) - 1).square().mean()
+    (g,) = torch.autograd.grad(forward(x).sum(), x, create_graph=True)
+    return (g.norm(dim=2) - 1).square().mean() * x.shape[0]
 
 
 def loss_fn(cfg: TrainConfig, logits: Tensor, target: Tensor) -> Tensor:
@@ -126,7 +143,8 @@ def loss_fn(cfg: TrainConfig, logits: Tensor, target: Tensor) -> Tensor:
     if cfg.loss == "kl":
         t = cfg.temperature
         p = target if cfg.soft_kind == "probs" else F.softmax(target / t, 1)
-        return F.kl_div(F.log_softmax(logits / t, 1), p, reduction="batchmean") * t * t
+        kl = F.kl_div(F.log_softmax(logits / t, 1), p, reduction="batchmean")
+        return kl * t * t if cfg.kl_t2 else kl
     raise CondenseError(f"Unknown loss '{cfg.loss}'. Use ce or kl.")
 
 
@@ -134,7 +152,7 @@ def train_model(model: nn.Module, data: TrainData, cfg: TrainConfig, generator: 
                 lr: float | None = None, aug: DSA | None = None,
                 on_epoch: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None,
                 start_epoch: int = 0, opt_state: dict | None = None, allow_flip: bool = True,
-                compile: bool = False) -> nn.Module:
+                compile: bool = False, teacher: Callable[[Tensor], Tensor] | None = None) -> nn.Module:
     """Train `model` in place for `cfg.epochs` epochs and return it.
 
     lr: overrides `cfg.lr` (the learned lr of trajectory matching).
@@ -144,7 +162,36 @@ def train_model(model: nn.Module, data: TrainData, cfg: TrainConfig, generator: 
     allow_flip: False drops the flip family (digits must not be mirrored).
     compile: run the forward pass through torch.compile (same math, fused kernels; falls back to
         eager execution if compilation fails).
+    teacher: soft-label mode M, the target logits of every augmented batch (cfg.loss must be kl).
     """
+    forward = _Forward(model, compile)
+    _train(model, lambda x: forward(x[0])[None], [data], cfg, [generator], lr, aug, on_epoch, start_epoch,
+           opt_state, allow_flip, teacher)
+    return model
+
+
+def train_runs(stack: nn.Module, datas: list[TrainData], cfg: TrainConfig, generators: list[torch.Generator],
+               lr: float | None = None, on_epoch: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None = None,
+               allow_flip: bool = True, compile: bool = False,
+               teacher: Callable[[Tensor], Tensor] | None = None) -> nn.Module:
+    """Train R runs at once: `stack` maps [R, B, ...] to [R, B, K] (a `ConvNetStack`), run r sees
+    `datas[r]` in the order and with the augmentation drawn from `generators[r]`, exactly as
+    `train_model` would for that run alone; the loss is the sum of the runs' losses."""
+    if len({d.n for d in datas}) != 1:
+        raise CondenseError("Runs trained together need training sets of one size.")
+    _train(stack, _Forward(stack, compile), datas, cfg, generators, lr, None, on_epoch, 0, None, allow_flip,
+           teacher)
+    return stack
+
+
+def _train(model: nn.Module, forward: Callable[[Tensor], Tensor], datas: list[TrainData], cfg: TrainConfig,
+           generators: list[torch.Generator], lr: float | None, aug: DSA | None,
+           on_epoch: Callable[[int, nn.Module, torch.optim.Optimizer], None] | None,
+           start_epoch: int, opt_state: dict | None, allow_flip: bool,
+           teacher: Callable[[Tensor], Tensor] | None = None) -> None:
+    """The training loop, over R runs at once (R = 1 for one network). Each run draws its batches,
+    augmentation, CutMix and MixUp from its own generator, in the same order whatever R is.
+    teacher: maps a batch of inputs to target logits (soft-label mode M); replaces the data's targets."""
     base_lr = cfg.lr if lr is None else lr
     if aug is None:
         aug = make_dsa(cfg.augment, allow_flip, cfg.augment_mode)
@@ -153,7 +200,7 @@ def train_model(model: nn.Module, data: TrainData, cfg: TrainConfig, generator: 
         opt.load_state_dict(opt_state)
     device = next(model.parameters()).device
     model.train()
-    forward = _Forward(model, compile)
+    n = datas[0].n
     current = lr_at(cfg, base_lr, start_epoch)
     for epoch in range(start_epoch, total_epochs(cfg)):
         new = lr_at(cfg, base_lr, epoch)
@@ -162,29 +209,46 @@ def train_model(model: nn.Module, data: TrainData, cfg: TrainConfig, generator: 
         current = new
         for group in opt.param_groups:
             group["lr"] = new
-        order = torch.randperm(data.n, generator=generator).to(device, non_blocking=True)
-        for s in range(0, data.n, cfg.batch):
-            idx = order[s:s + cfg.batch]
-            x, y = data.fetch(idx)
-            clean = x
-            if aug is not None:
-                x = aug.apply_random(x, generator)
-            if cfg.cutmix > 0 and float(torch.rand(1, generator=generator)) < cfg.cutmix:
-                x, ya, yb, lam = cutmix(x, y, generator)
-                out = forward(x)
-                loss = lam * loss_fn(cfg, out, ya) + (1 - lam) * loss_fn(cfg, out, yb)
-            else:
-                loss = loss_fn(cfg, forward(x), y)
+        orders = [torch.randperm(n, generator=g).to(device, non_blocking=True) for g in generators]
+        for s in range(0, n, cfg.batch):
+            xs, cleans, targets = [], [], []  # per run: inputs, un-augmented inputs, [(weight, labels)]
+            for data, g, order in zip(datas, generators, orders):
+                x, y = data.fetch(order[s:s + cfg.batch])
+                cleans.append(x)
+                if aug is not None:
+                    x = aug.apply_random(x, g)
+                if cfg.cutmix > 0 and float(torch.rand(1, generator=g)) < cfg.cutmix:
+                    x, ya, yb, lam = cutmix(x, y, g)
+                    targets.append([(lam, ya), (1 - lam, yb)])
+                elif cfg.mixup > 0:
+                    x, ya, yb, lam = mixup(x, y, g, cfg.mixup)
+                    soft_logits = ya.is_floating_point() and cfg.loss == "kl" and cfg.soft_kind == "logits"
+                    targets.append([(1.0, lam * ya + (1 - lam) * yb)] if soft_logits else [(lam, ya), (1 - lam, yb)])
+                else:
+                    targets.append([(1.0, y)])
+                xs.append(x)
+            batch = torch.stack(xs)
+            if teacher is not None:  # mode M: the teachers label exactly the batch the student sees
+                with torch.no_grad():
+                    t = teacher(batch.flatten(0, 1)).view(*batch.shape[:2], -1)
+                targets = [[(1.0, t[r])] for r in range(len(xs))]
+            out = forward(batch)
+            loss = None
+            for r, parts in enumerate(targets):
+                run_loss = None
+                for w, y in parts:
+                    term = loss_fn(cfg, out[r], y) if len(parts) == 1 else w * loss_fn(cfg, out[r], y)
+                    run_loss = term if run_loss is None else run_loss + term
+                loss = run_loss if loss is None else loss + run_loss
             if epoch < cfg.clip_epochs:
                 loss = loss * (0.5 + 0.05 * epoch)
             if cfg.grad_penalty > 0:
-                loss = loss + cfg.grad_penalty * input_gradient_penalty(model, clean)
+                loss = loss + cfg.grad_penalty * input_gradient_penalty(forward, torch.stack(cleans))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         if on_epoch is not None:
             on_epoch(epoch, model, opt)
-    return model
 
 
 class _Forward:
@@ -215,3 +279,19 @@ def accuracy(model: nn.Module, batches) -> float:
         total += int(y.numel())
     model.train(was)
     return float(correct) / max(total, 1)
+
+
+@torch.no_grad()
+def accuracy_runs(stack: nn.Module, batches) -> list[float]:
+    """Per-run top-1 accuracies of a run stack ([R, B, ...] -> [R, B, K]); every run sees the
+    same batches."""
+    was = stack.training
+    stack.eval()
+    correct: Tensor | int = 0
+    total = 0
+    for x, y in batches:
+        out = stack(x.expand(stack.runs, *x.shape))
+        correct = correct + (out.argmax(2) == y).sum(1)
+        total += int(y.numel())
+    stack.train(was)
+    return [float(c) / max(total, 1) for c in correct]  # type: ignore[union-attr]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from condense.errors import CondenseError
 from condense.registry import Registry
@@ -16,6 +16,7 @@ from condense.run import assets_dir
 from condense.train import TrainConfig
 
 PROTOCOLS: Registry["Protocol"] = Registry("protocol")
+LABEL_MODES = ("hard", "static", "teacher")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Protocol:
     arch: str = "convnet"
     use_learned_lr: bool = True
     hash: str = ""
+    labels: str = "hard"  # hard | static (one soft label per image: stored, else the teachers') | teacher (online)
 
     def with_epochs(self, epochs: int | None) -> "Protocol":
         """The same protocol with another epoch budget (reported as a modification)."""
@@ -34,12 +36,12 @@ class Protocol:
             return self
         note = (f"MODIFIED: {epochs} epochs instead of {self.train.epochs} (milestones are fractions of the "
                 f"budget, so the decay moves with it); not comparable with published {self.name} numbers")
-        return Protocol(f"{self.name}@{epochs}ep", f"{self.description}. {note}", self.train.with_(epochs=epochs),
-                        self.runs, self.arch, self.use_learned_lr, self.hash)
+        return replace(self, name=f"{self.name}@{epochs}ep", description=f"{self.description}. {note}",
+                       train=self.train.with_(epochs=epochs))
 
     def to_json(self) -> dict:
         return {"name": self.name, "hash": self.hash, "description": self.description, "runs": self.runs,
-                "use_learned_lr": self.use_learned_lr, "train": asdict(self.train)}
+                "use_learned_lr": self.use_learned_lr, "labels": self.labels, "train": asdict(self.train)}
 
 
 def _load_all() -> None:
@@ -52,7 +54,10 @@ def _load_all() -> None:
             train["milestones"] = tuple(train["milestones"])
         try:
             proto = Protocol(raw["name"], raw.get("description", ""), TrainConfig(**train), raw.get("runs", 5),
-                             raw.get("arch", "convnet"), raw.get("use_learned_lr", True), digest)
+                             raw.get("arch", "convnet"), raw.get("use_learned_lr", True), digest,
+                             raw.get("labels", "hard"))
+            if proto.labels not in LABEL_MODES or (proto.labels != "hard") != (proto.train.loss == "kl"):
+                raise TypeError(f"labels = '{proto.labels}' with loss '{proto.train.loss}'")
         except (KeyError, TypeError) as e:
             raise CondenseError(f"Protocol file {path} is malformed ({e}).") from None
         PROTOCOLS.register(proto.name)(proto)

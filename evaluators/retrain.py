@@ -9,19 +9,23 @@ from `seed`, so a result is reproducible and runs are independent.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
 
 from condense.data import RealData
 from condense.errors import CondenseError
-from condense.models import build_model
+from condense.models import ConvNetStack, build_model, stackable
 from condense.progress import Reporter
 from condense.runtime import derive_seed, make_generator
 from condense.synthetic import SyntheticSet
-from condense.train import TrainData, accuracy, total_epochs, train_model
+from condense.train import TrainData, accuracy, accuracy_runs, total_epochs, train_model, train_runs
 from evaluators.protocols import Protocol
+
+
+MAX_STACK = 5  # runs trained together at most (activation memory grows with it)
 
 
 @dataclass
@@ -62,6 +66,8 @@ class EvalSettings:
     select: str = "final"
     every: int = 0
     val: tuple[torch.Tensor, torch.Tensor] | None = None  # model-input images and labels, for select=val
+    stack: bool = True  # train up to MAX_STACK runs of a ConvNet together (same numbers, fewer passes)
+    teacher: Any = None  # evaluators.softlabel.Teacher, for protocols with soft labels (static / teacher)
 
     def __post_init__(self) -> None:
         if self.select not in ("final", "val", "test-best"):
@@ -79,41 +85,73 @@ def check_compatible(synth: SyntheticSet, real: RealData, where: str) -> None:
                             f"{real.info.num_classes}; the set does not belong to this dataset.")
 
 
-def train_and_test(images: torch.Tensor, targets: torch.Tensor, real: RealData, settings: EvalSettings, arch: str,
-                   lr: float, tag: str, run: int) -> tuple[float, float, float | None]:
-    """One run: a fresh `arch` trained on (images, targets) under the protocol.
-    Returns (reported accuracy, final-epoch accuracy, best test checkpoint or None): with checkpoints
-    the three legacy and honest numbers come from the same network, so their gap is measured."""
+def train_and_test(data: list[tuple[torch.Tensor, torch.Tensor]], real: RealData, settings: EvalSettings, arch: str,
+                   lr: float, tag: str, runs: list[int]) -> list[tuple[float, float, float | None]]:
+    """Runs `runs` (run r trains a fresh `arch` on data[i] = (images, targets)), together as one
+    `ConvNetStack` when `settings.stack` allows it, otherwise one after the other.
+    Returns per run (reported accuracy, final-epoch accuracy, best test checkpoint or None): with
+    checkpoints the legacy and honest numbers come from the same network, so their gap is measured."""
     info, device, cfg = real.info, real.device, settings.protocol.train
     if settings.select == "val" and settings.val is None:
         raise CondenseError("--select val needs a validation split (see --val-size).")
-    net = build_model(arch, info.channels, info.num_classes, info.size,
-                      seed=derive_seed(settings.seed, tag, arch, run, "init")).to(device)
-    gen = make_generator(derive_seed(settings.seed, tag, arch, run, "data"))
-    checkpoints: list[tuple[float, float]] = []  # (val accuracy, test accuracy)
+    nets = [build_model(arch, info.channels, info.num_classes, info.size,
+                        seed=derive_seed(settings.seed, tag, arch, r, "init")).to(device) for r in runs]
+    together = settings.stack and len(runs) > 1 and stackable(nets[0]) and cfg.grad_penalty == 0
+    if not together and len(runs) > 1:
+        return [res for i, r in enumerate(runs)
+                for res in train_and_test(data[i:i + 1], real, settings, arch, lr, tag, [r])]
+    gens = [make_generator(derive_seed(settings.seed, tag, arch, r, "data")) for r in runs]
+    datas = [TrainData.tensors(x.to(device), y.to(device)) for x, y in data]
+    model: torch.nn.Module = ConvNetStack(nets) if together else nets[0]
+
+    def test_accs(m: torch.nn.Module, batches) -> list[float]:
+        return accuracy_runs(m, batches) if together else [accuracy(m, batches)]
+
+    checkpoints: list[list[tuple[float, float]]] = [[] for _ in runs]  # per run: (val accuracy, test accuracy)
     on_epoch = None
     if settings.select != "final":
         last = total_epochs(cfg) - 1
         every = settings.every or max(1, cfg.epochs // 10)
 
-        def on_epoch(epoch: int, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+        def on_epoch(epoch: int, m: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
             if (epoch + 1) % every == 0 or epoch == last:
-                val = -1.0
+                vals = [-1.0] * len(runs)
                 if settings.select == "val":
                     vx, vy = settings.val  # type: ignore[misc]
-                    val = accuracy(model, ((vx[i:i + 256], vy[i:i + 256]) for i in range(0, len(vy), 256)))
-                checkpoints.append((val, accuracy(model, real.test_batches())))
+                    vals = test_accs(m, [(vx[i:i + 256], vy[i:i + 256]) for i in range(0, len(vy), 256)])
+                for ck, v, t in zip(checkpoints, vals, test_accs(m, real.test_batches())):
+                    ck.append((v, t))
 
-    train_model(net, TrainData.tensors(images.to(device), targets.to(device)), cfg, gen, lr=lr,
-                allow_flip=info.allow_flip, compile=settings.compile, on_epoch=on_epoch)
+    teacher = _teacher(settings) if settings.protocol.labels == "teacher" else None
+    if together:
+        train_runs(model, datas, cfg, gens, lr=lr, allow_flip=info.allow_flip, compile=settings.compile,
+                   on_epoch=on_epoch, teacher=teacher)
+    else:
+        train_model(model, datas[0], cfg, gens[0], lr=lr, allow_flip=info.allow_flip, compile=settings.compile,
+                    on_epoch=on_epoch, teacher=teacher)
     if settings.select == "final":
-        final = accuracy(net, real.test_batches())
-        return final, final, None
-    final, test_best = checkpoints[-1][1], max(t for _, t in checkpoints)
-    if settings.select == "test-best":
-        return test_best, final, test_best
-    best_val = max(v for v, _ in checkpoints)
-    return next(t for v, t in checkpoints if v == best_val), final, test_best  # earliest epoch with the best val
+        return [(a, a, None) for a in test_accs(model, real.test_batches())]
+    out = []
+    for ck in checkpoints:
+        final, test_best = ck[-1][1], max(t for _, t in ck)
+        if settings.select == "test-best":
+            out.append((test_best, final, test_best))
+        else:
+            best_val = max(v for v, _ in ck)  # the earliest epoch with the best val accuracy
+            out.append((next(t for v, t in ck if v == best_val), final, test_best))
+    return out
+
+
+def _run_all(res: ArchResult, settings: EvalSettings, update, train_group) -> None:
+    """Train the runs in groups (all together when stacking, else one at a time) and record them."""
+    size = MAX_STACK if settings.stack else 1
+    for start in range(0, settings.runs, size):
+        for acc, final, best in train_group(list(range(start, min(start + size, settings.runs)))):
+            res.accs.append(acc)
+            res.final_accs.append(final)
+            if best is not None:
+                res.test_best_accs.append(best)
+            update(acc=acc)
 
 
 def evaluate_set(synth: SyntheticSet, real: RealData, settings: EvalSettings, reporter: Reporter | None = None,
@@ -124,18 +162,21 @@ def evaluate_set(synth: SyntheticSet, real: RealData, settings: EvalSettings, re
     real = real.with_preprocess(synth.preprocess)
     proto = settings.protocol
     lr = synth.lr if (proto.use_learned_lr and synth.lr is not None) else proto.train.lr
-    targets = synth.labels if proto.train.loss == "ce" or synth.soft_labels is None else synth.soft_labels
+    targets = synth.labels
+    if proto.labels == "static":
+        if synth.soft_labels is not None:  # the file's own soft labels (mode S)
+            targets = synth.soft_labels
+            kind = synth.soft_attrs.get("kind", "logits")
+            if kind != proto.train.soft_kind:
+                settings = replace(settings, protocol=replace(proto, train=proto.train.with_(soft_kind=kind)))
+        else:
+            targets = _teacher(settings).label(synth.images.to(real.device))
     out = []
     for arch in settings.archs:
         res = ArchResult(arch, lr=lr)
         with reporter.task(f"eval {label} {arch}", settings.runs) as update:
-            for r in range(settings.runs):
-                acc, final, best = train_and_test(synth.images, targets, real, settings, arch, lr, "eval", r)
-                res.accs.append(acc)
-                res.final_accs.append(final)
-                if best is not None:
-                    res.test_best_accs.append(best)
-                update(acc=acc)
+            _run_all(res, settings, update, lambda runs: train_and_test(
+                [(synth.images, targets)] * len(runs), real, settings, arch, lr, "eval", runs))
         out.append(res)
     return out
 
@@ -149,13 +190,20 @@ def evaluate_random(real: RealData, ipc: int, settings: EvalSettings,
     for arch in settings.archs:
         res = ArchResult(arch, lr=lr)
         with reporter.task(f"eval random ipc {ipc} {arch}", settings.runs) as update:
-            for r in range(settings.runs):
-                x, y = real.random_subset(ipc, make_generator(derive_seed(settings.seed, "baseline", ipc, r)))
-                acc, final, best = train_and_test(x, y, real, settings, arch, lr, "baseline", r)
-                res.accs.append(acc)
-                res.final_accs.append(final)
-                if best is not None:
-                    res.test_best_accs.append(best)
-                update(acc=acc)
+            _run_all(res, settings, update, lambda runs: train_and_test(
+                [_subset(real, ipc, settings, r) for r in runs], real, settings, arch, lr, "baseline", runs))
         out.append(res)
     return out
+
+
+def _subset(real: RealData, ipc: int, settings: EvalSettings, run: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `run`'s random subset, labelled as the protocol labels a set (static: teacher logits)."""
+    x, y = real.random_subset(ipc, make_generator(derive_seed(settings.seed, "baseline", ipc, run)))
+    return (x, _teacher(settings).label(x)) if settings.protocol.labels == "static" else (x, y)
+
+
+def _teacher(settings: EvalSettings):
+    if settings.teacher is None:
+        raise CondenseError(f"Protocol {settings.protocol.name} needs teachers for its soft labels, and none were "
+                            f"given (the CLI loads them with --teacher ARCH --teacher-epochs N).")
+    return settings.teacher

@@ -61,7 +61,7 @@ def test_evaluator_uses_the_learned_lr(real, monkeypatch):
 
     monkeypatch.setattr(retrain, "train_model", spy)
     proto = get_protocol("dsa").with_epochs(1)
-    evaluate_set(synth_from(real, lr=0.0371), real, EvalSettings(proto, ["convnet"], runs=2))
+    evaluate_set(synth_from(real, lr=0.0371), real, EvalSettings(proto, ["convnet"], runs=2, stack=False))
     assert seen == [0.0371, 0.0371]
     seen.clear()
     evaluate_set(synth_from(real), real, EvalSettings(proto, ["convnet"], runs=1))
@@ -155,3 +155,41 @@ def test_shortened_protocol_says_it_is_modified():
     assert short.name == "dsa@300ep" and short.train.epochs == 300
     assert "MODIFIED: 300 epochs instead of 1000" in short.description
     assert full.with_epochs(None) is full and full.with_epochs(1000) is full
+
+
+@pytest.mark.parametrize("arch,cfg", [
+    ("convnet", TrainConfig(epochs=2, batch=16, cutmix=0.5)),
+    ("convnetbn", TrainConfig(epochs=2, batch=16, optimizer="adamw", lr=1e-3, weight_decay=0.01)),
+])
+def test_stacked_runs_train_exactly_like_separate_runs(arch, cfg):
+    """Runs trained together as a ConvNetStack end where each run trained alone ends (same seeds)."""
+    from condense.models import ConvNetStack
+    from condense.train import accuracy_runs, train_runs
+    g = torch.Generator().manual_seed(0)
+    x, y, xt = torch.randn(40, 1, 28, 28, generator=g), torch.arange(40) % 10, torch.randn(20, 1, 28, 28, generator=g)
+    alone = []
+    for r in range(3):
+        net = build_model(arch, 1, 10, 28, seed=r, width=8)
+        alone.append(train_model(net, TrainData.tensors(x, y), cfg, make_generator(10 + r)).eval())
+    stack = ConvNetStack([build_model(arch, 1, 10, 28, seed=r, width=8) for r in range(3)])
+    train_runs(stack, [TrainData.tensors(x, y)] * 3, cfg, [make_generator(10 + r) for r in range(3)])
+    with torch.no_grad():
+        together = stack.eval()(xt.expand(3, *xt.shape))
+        for r in range(3):  # logits agree (Adam's updates of biases that a norm cancels may differ: irrelevant)
+            assert torch.allclose(together[r], alone[r](xt), atol=5e-3)
+            back = stack.copy_run_into(r, build_model(arch, 1, 10, 28, seed=99, width=8)).eval()
+            assert torch.allclose(back(xt), alone[r](xt), atol=5e-3)
+    accs = accuracy_runs(stack, [(xt, torch.arange(20) % 10)])
+    assert accs == [accuracy(m, [(xt, torch.arange(20) % 10)]) for m in alone]
+
+
+def test_stacked_evaluation_matches_one_run_at_a_time(real):
+    proto = get_protocol("dsa").with_epochs(2)
+    s = synth_from(real)
+    kw = dict(runs=3, select="test-best", every=1)
+    a = evaluate_set(s, real, EvalSettings(proto, ["convnet"], stack=True, **kw))[0]
+    b = evaluate_set(s, real, EvalSettings(proto, ["convnet"], stack=False, **kw))[0]
+    assert a.accs == pytest.approx(b.accs, abs=0.02) and a.final_accs == pytest.approx(b.final_accs, abs=0.02)
+    ra = evaluate_random(real, 1, EvalSettings(proto.with_epochs(1), ["convnet"], runs=2, stack=True))[0]
+    rb = evaluate_random(real, 1, EvalSettings(proto.with_epochs(1), ["convnet"], runs=2, stack=False))[0]
+    assert len(ra.accs) == 2 and ra.accs == pytest.approx(rb.accs, abs=0.02)

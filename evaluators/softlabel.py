@@ -1,0 +1,62 @@
+"""Soft-label evaluation: the teachers and the labels they give.
+
+Two modes, as DD-Ranking names them. Mode S ("static", protocol kd-static): one soft label per
+training image, fixed for the whole run: the file's stored `/soft_labels` when it has them,
+otherwise the teachers' mean logits on the un-augmented image (INFER's static labels). Mode M
+("teacher", protocol kd-sre2l): the teachers run on every augmented (and mixed) batch the student
+sees and their mean logits are the target.
+
+Teachers are networks trained on the whole real training split and cached by `condense
+teachers` (same recipe, so `condense teachers --arch convnet --epochs 15` builds the default
+one ahead of time); every result records which teachers produced its labels.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from condense.artifacts import Artifacts, key_of, teacher_recipe
+from condense.data import RealData
+from condense.errors import CondenseError
+
+
+class Teacher(nn.Module):
+    """A frozen ensemble: the mean logits of its networks (in eval mode)."""
+
+    def __init__(self, nets: list[nn.Module], description: dict) -> None:
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+        self.description = description  # what the results record: archs, recipe, cache keys, test accuracies
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "Teacher":
+        return super().train(False)  # a teacher never leaves eval mode (BatchNorm statistics stay fixed)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.nets[0](x)
+        for net in self.nets[1:]:
+            out = out + net(x)
+        return out / len(self.nets)
+
+    @torch.no_grad()
+    def label(self, images: Tensor, batch: int = 512) -> Tensor:
+        """Static labels: the mean logits on each (un-augmented) image, [N, K]."""
+        return torch.cat([self(images[i:i + batch]) for i in range(0, images.shape[0], batch)])
+
+
+def load_teacher(store: Artifacts, real: RealData, archs: list[str], epochs: int, num: int = 1) -> Teacher:
+    """The teachers (`num` seeds of each arch) from the artifact cache, trained first if missing."""
+    if not archs or epochs < 1 or num < 1:
+        raise CondenseError("Soft-label protocols need at least one teacher (--teacher ARCH, --teacher-epochs N >= 1).")
+    recipe = teacher_recipe(epochs)
+    nets, members = [], []
+    for arch in archs:
+        for seed in range(num):
+            record = store.trained_record(real, arch, recipe, seed)
+            nets.append(store.trained(real, arch, recipe, seed))
+            desc = store.describe(real, arch, recipe, seed)
+            members.append({"arch": arch, "seed": seed, "key": key_of(desc),
+                            "test_accuracy": round(float(record["meta"]["test_accuracy"]), 4)})
+    return Teacher(nets, {"members": members, "epochs": epochs, "recipe": "condense teachers (SGD 0.01, cosine)"})
