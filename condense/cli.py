@@ -145,6 +145,8 @@ def eval_(
     select_every: int = typer.Option(0, "--select-every", help="Checkpoint interval for val/test-best (default: "
                                      "a tenth of the epochs)."),
     val_size: int = typer.Option(500, "--val-size", help="Validation images held out per class for --select val."),
+    ars: bool = typer.Option(False, "--ars", help="With --baseline random: also evaluate everything without "
+                             "augmentation and add DD-Ranking's ARS (doubles the cost)."),
     full_acc: Optional[float] = typer.Option(None, "--full-acc", help="Test accuracy (%) of the architecture trained "
                                              "on the whole training set (condense teachers); with --baseline "
                                              "random it adds DD-Ranking's HLR, IOR and LRS to the JSON and table."),
@@ -159,6 +161,13 @@ def eval_(
     settings.stack = stack
     if baseline not in (None, "random"):
         raise CondenseError(f"--baseline '{baseline}' is not known; the baseline is 'random'.")
+    if (ars or full_acc is not None) and baseline != "random":
+        raise CondenseError(f"{'--ars' if ars else '--full-acc'} needs --baseline random (the scores compare the "
+                            f"set with a random real subset of the same IPC).")
+    if full_acc is not None and settings.protocol.labels != "hard":
+        raise CondenseError(f"--full-acc adds HLR, which compares hard-label accuracies, but protocol "
+                            f"{settings.protocol.name} uses soft labels. Compute HLR/LRS with a hard-label protocol "
+                            f"(e.g. dsa); under this protocol, IOR is the gap to the table's random row.")
     sets = [(p, load(p)) for p in files]
     if no_decode:
         sets = [(p, s.stored_set()) for p, s in sets]
@@ -192,6 +201,11 @@ def eval_(
     report = _evaluate(sets, real, settings, baseline == "random", no_decode, reporter)
     if full_acc is not None:
         add_scores(report, full_acc / 100 if full_acc > 1 else full_acc)
+    if ars:
+        from dataclasses import replace as _replace
+
+        plain = _replace(settings, protocol=settings.protocol.without_augmentation())
+        add_ars(report, _evaluate(sets, real, plain, True, no_decode, reporter))
     from rich.console import Console
 
     report.print(Console())
@@ -369,6 +383,27 @@ def _settings(protocol: str, epochs: Optional[int], arch: Optional[str], runs: O
     return EvalSettings(proto, archs, n_runs, seed, compile, select, select_every, val)
 
 
+def add_ars(report, plain) -> None:
+    """DD-Ranking's ARS per row and architecture, from `report` (the protocol) and `plain` (the same
+    evaluations without augmentation): squash of the mean of the two set-minus-random gaps."""
+    from evaluators.metrics import ars
+
+    def gaps(rep):
+        base = {r.ipc: {a.arch: a.mean for a in r.results} for r in rep.rows if r.source == "baseline"}
+        return {(r.source, r.ipc, a.arch): a.mean - base[r.ipc][a.arch]
+                for r in rep.rows if r.source != "baseline" for a in r.results}
+
+    with_aug, without = gaps(report), gaps(plain)
+    plain_acc = {(r.source, r.ipc, a.arch): a.mean for r in plain.rows for a in r.results}
+    for row in report.rows:
+        for a in row.results:
+            key = (row.source, row.ipc, a.arch)
+            entry = row.extra.setdefault("scores", {}).setdefault(a.arch, {})
+            entry["acc_without_augmentation"] = plain_acc[key]
+            if key in with_aug:
+                entry["ARS"] = ars(with_aug[key], without[key])
+
+
 def add_scores(report, full: float) -> None:
     """HLR / IOR / LRS (fractions) for every row that has a random baseline of its IPC."""
     from evaluators.metrics import hlr, ior, lrs
@@ -376,6 +411,10 @@ def add_scores(report, full: float) -> None:
     base = {r.ipc: {a.arch: a.mean for a in r.results} for r in report.rows if r.source == "baseline"}
     if not base:
         raise CondenseError("--full-acc needs --baseline random (IOR compares with the random subset).")
+    if report.protocol.labels != "hard":
+        raise CondenseError(f"HLR compares hard-label accuracies, but protocol {report.protocol.name} uses soft "
+                            f"labels. Compute HLR/LRS with a hard-label protocol (e.g. dsa); IOR under this "
+                            f"protocol is the gap to the random row of the table.")
     for row in report.rows:
         scores = {}
         for a in row.results:

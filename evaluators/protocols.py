@@ -39,6 +39,11 @@ class Protocol:
         return replace(self, name=f"{self.name}@{epochs}ep", description=f"{self.description}. {note}",
                        train=self.train.with_(epochs=epochs))
 
+    def without_augmentation(self) -> "Protocol":
+        """The same protocol with no augmentation, CutMix or MixUp (the second arm of DD-Ranking's ARS)."""
+        return replace(self, name=f"{self.name}-noaug", description=f"{self.description}. MODIFIED: no augmentation",
+                       train=self.train.with_(augment="none", cutmix=0.0, mixup=0.0))
+
     def to_json(self) -> dict:
         return {"name": self.name, "hash": self.hash, "description": self.description, "runs": self.runs,
                 "use_learned_lr": self.use_learned_lr, "labels": self.labels, "train": asdict(self.train)}

@@ -59,8 +59,9 @@ class Report:
         if res is None or not res.accs:
             return "—"
         text = f"{100 * res.mean:.1f} ± {100 * res.std:.1f} (n={len(res.accs)})"
-        if scores and "IOR" in scores:
-            text += f"  HLR {scores['HLR']:+.3f} IOR {scores['IOR']:+.3f} LRS {scores['LRS']:.3f}"
+        scores = scores or {}
+        text += "".join(f"  {k} {scores[k]:+.3f}" for k in ("HLR", "IOR") if k in scores)
+        text += "".join(f"  {k} {scores[k]:.3f}" for k in ("LRS", "ARS") if k in scores)
         return text
 
     def _cells(self, row: Row) -> list[str]:

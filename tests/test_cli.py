@@ -155,3 +155,22 @@ def test_eval_says_when_stored_soft_labels_are_not_used(monkeypatch, capsys, dat
     code, text, err = cli(monkeypatch, capsys, "eval", out, "--runs", "1", "--epochs", "1", "--data-root", data_root)
     assert code == 0, err
     assert "stores soft labels" in " ".join((text + err).split())
+
+
+def test_eval_soft_label_protocol_and_ars(monkeypatch, capsys, data_root, tmp_path):
+    out = tmp_path / "r.h5"
+    assert cli(monkeypatch, capsys, "distill", "--algo", "random", "--ipc", "1", "--out", out, "--data-root",
+               data_root, "--quiet")[0] == 0
+    code, text, err = cli(monkeypatch, capsys, "eval", out, "--protocol", "kd-static", "--epochs", "1", "--runs", "2",
+                          "--teacher-epochs", "1", "--baseline", "random", "--ars", "--data-root", data_root,
+                          "--json", tmp_path / "e.json", "--quiet")
+    assert code == 0, err
+    doc = json.loads((tmp_path / "e.json").read_text())
+    assert doc["protocol"]["labels"] == "static" and doc["protocol"]["name"].startswith("kd-static")
+    syn = next(r for r in doc["rows"] if r["method"] == "random")
+    assert syn["labels"] == "static" and syn["teacher"]["members"][0]["arch"] == "convnet"
+    assert 0 <= syn["scores"]["convnet"]["ARS"] <= 1 and "ARS" in text
+    code, _, err = cli(monkeypatch, capsys, "eval", out, "--protocol", "kd-sre2l", "--epochs", "1", "--runs", "1",
+                       "--teacher-epochs", "1", "--baseline", "random", "--full-acc", "93", "--data-root", data_root,
+                       "--quiet")
+    assert code == 1 and "compares hard-label" in " ".join(err.split())
