@@ -144,6 +144,9 @@ def eval_(
                                "accuracy over checkpoints (optimistic; labelled)."),
     select_every: int = typer.Option(0, "--select-every", help="Checkpoint interval for val/test-best (default: "
                                      "a tenth of the epochs)."),
+    lr_grid: Optional[str] = typer.Option(None, "--lr-grid", help="With --select val: comma-separated learning "
+                                          "rates; every run is trained at each and the lr with the best mean "
+                                          "validation accuracy is reported (costs one evaluation per lr)."),
     val_size: int = typer.Option(500, "--val-size", help="Validation images held out per class for --select val."),
     ars: bool = typer.Option(False, "--ars", help="With --baseline random: also evaluate everything without "
                              "augmentation and add DD-Ranking's ARS (doubles the cost)."),
@@ -157,7 +160,7 @@ def eval_(
     from condense.runtime import resolve_device
     from condense.synthetic import load
 
-    settings = _settings(protocol, epochs, arch, runs, seed, compile, select, select_every, None)
+    settings = _settings(protocol, epochs, arch, runs, seed, compile, select, select_every, None, lr_grid)
     settings.stack = stack
     if baseline not in (None, "random"):
         raise CondenseError(f"--baseline '{baseline}' is not known; the baseline is 'random'.")
@@ -366,7 +369,7 @@ def _attach_teacher(settings, real, archs: str, epochs: int, num: int, dev, repo
 
 
 def _settings(protocol: str, epochs: Optional[int], arch: Optional[str], runs: Optional[int], seed: int,
-              compile: bool, select: str, select_every: int, val):
+              compile: bool, select: str, select_every: int, val, lr_grid: Optional[str] = None):
     from condense.models import MODELS
     from evaluators.protocols import get_protocol
     from evaluators.retrain import EvalSettings
@@ -380,7 +383,11 @@ def _settings(protocol: str, epochs: Optional[int], arch: Optional[str], runs: O
     n_runs = runs if runs is not None else proto.runs
     if n_runs < 1:
         raise CondenseError(f"--runs must be at least 1 (got {n_runs}).")
-    return EvalSettings(proto, archs, n_runs, seed, compile, select, select_every, val)
+    try:
+        grid = [float(v) for v in (lr_grid or "").split(",") if v.strip()]
+    except ValueError:
+        raise CondenseError(f"--lr-grid takes comma-separated numbers, e.g. 0.003,0.01,0.03 (got '{lr_grid}').") from None
+    return EvalSettings(proto, archs, n_runs, seed, compile, select, select_every, val, grid)
 
 
 def add_ars(report, plain) -> None:

@@ -59,6 +59,8 @@ class Report:
         if res is None or not res.accs:
             return "—"
         text = f"{100 * res.mean:.1f} ± {100 * res.std:.1f} (n={len(res.accs)})"
+        if res.lr_grid_val:
+            text += f" lr {res.lr:g} (chosen on val)"
         scores = scores or {}
         text += "".join(f"  {k} {scores[k]:+.3f}" for k in ("HLR", "IOR") if k in scores)
         text += "".join(f"  {k} {scores[k]:.3f}" for k in ("LRS", "ARS") if k in scores)
@@ -100,7 +102,10 @@ class Report:
             "condense_version": package_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "rows": [{"method": r.method, "ipc": r.ipc, "source": r.source, "selection": r.selection, **r.extra,
                       "results": [{"arch": a.arch, "lr": a.lr, "accs": a.accs, "mean": a.mean, "std": a.std,
-                                   "final_accs": a.final_accs, "test_best_accs": a.test_best_accs}
+                                   "final_accs": a.final_accs, "test_best_accs": a.test_best_accs,
+                                   **({"val_accs": a.val_accs} if a.val_accs else {}),
+                                   **({"lr_grid_val": {str(k): v for k, v in a.lr_grid_val.items()}}
+                                      if a.lr_grid_val else {})}
                                   for a in r.results]} for r in self.sorted_rows()],
         }
 

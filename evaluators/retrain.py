@@ -37,6 +37,8 @@ class ArchResult:
     lr: float = 0.01
     final_accs: list[float] = field(default_factory=list)  # final-epoch accuracy of each run
     test_best_accs: list[float] = field(default_factory=list)  # best test checkpoint of each run (select != final)
+    val_accs: list[float] = field(default_factory=list)  # best validation accuracy of each run (select = val)
+    lr_grid_val: dict[float, float] = field(default_factory=dict)  # --lr-grid: mean best validation accuracy per lr
 
     @property
     def mean(self) -> float:
@@ -66,12 +68,18 @@ class EvalSettings:
     select: str = "final"
     every: int = 0
     val: tuple[torch.Tensor, torch.Tensor] | None = None  # model-input images and labels, for select=val
+    lr_grid: list[float] = field(default_factory=list)  # with select=val: learning rates to choose from on val
     stack: bool = True  # train up to MAX_STACK runs of a ConvNet together (same numbers, fewer passes)
     teacher: Any = None  # evaluators.softlabel.Teacher, for protocols with soft labels (static / teacher)
 
     def __post_init__(self) -> None:
         if self.select not in ("final", "val", "test-best"):
             raise CondenseError(f"--select must be final, val or test-best (got '{self.select}').")
+        if self.lr_grid and self.select != "val":
+            raise CondenseError("--lr-grid picks the learning rate on the validation split, so it needs --select val "
+                                "(choosing it by test accuracy is the habit this tool exists to end).")
+        if any(not v > 0 for v in self.lr_grid):
+            raise CondenseError(f"--lr-grid values must be positive learning rates (got {self.lr_grid}).")
 
 
 def check_compatible(synth: SyntheticSet, real: RealData, where: str) -> None:
@@ -86,11 +94,12 @@ def check_compatible(synth: SyntheticSet, real: RealData, where: str) -> None:
 
 
 def train_and_test(data: list[tuple[torch.Tensor, torch.Tensor]], real: RealData, settings: EvalSettings, arch: str,
-                   lr: float, tag: str, runs: list[int]) -> list[tuple[float, float, float | None]]:
+                   lr: float, tag: str, runs: list[int]) -> list[tuple[float, float, float | None, float | None]]:
     """Runs `runs` (run r trains a fresh `arch` on data[i] = (images, targets)), together as one
     `ConvNetStack` when `settings.stack` allows it, otherwise one after the other.
-    Returns per run (reported accuracy, final-epoch accuracy, best test checkpoint or None): with
-    checkpoints the legacy and honest numbers come from the same network, so their gap is measured."""
+    Returns per run (reported accuracy, final-epoch accuracy, best test checkpoint or None, best
+    validation accuracy or None): with checkpoints the legacy and honest numbers come from the same
+    network, so their gap is measured."""
     info, device, cfg = real.info, real.device, settings.protocol.train
     if settings.select == "val" and settings.val is None:
         raise CondenseError("--select val needs a validation split (see --val-size).")
@@ -130,15 +139,15 @@ def train_and_test(data: list[tuple[torch.Tensor, torch.Tensor]], real: RealData
         train_model(model, datas[0], cfg, gens[0], lr=lr, allow_flip=info.allow_flip, compile=settings.compile,
                     on_epoch=on_epoch, teacher=teacher)
     if settings.select == "final":
-        return [(a, a, None) for a in test_accs(model, real.test_batches())]
+        return [(a, a, None, None) for a in test_accs(model, real.test_batches())]
     out = []
     for ck in checkpoints:
         final, test_best = ck[-1][1], max(t for _, t in ck)
         if settings.select == "test-best":
-            out.append((test_best, final, test_best))
+            out.append((test_best, final, test_best, None))
         else:
             best_val = max(v for v, _ in ck)  # the earliest epoch with the best val accuracy
-            out.append((next(t for v, t in ck if v == best_val), final, test_best))
+            out.append((next(t for v, t in ck if v == best_val), final, test_best, best_val))
     return out
 
 
@@ -146,12 +155,33 @@ def _run_all(res: ArchResult, settings: EvalSettings, update, train_group) -> No
     """Train the runs in groups (all together when stacking, else one at a time) and record them."""
     size = MAX_STACK if settings.stack else 1
     for start in range(0, settings.runs, size):
-        for acc, final, best in train_group(list(range(start, min(start + size, settings.runs)))):
+        for acc, final, best, val in train_group(list(range(start, min(start + size, settings.runs)))):
             res.accs.append(acc)
             res.final_accs.append(final)
             if best is not None:
                 res.test_best_accs.append(best)
+            if val is not None:
+                res.val_accs.append(val)
             update(acc=acc)
+
+
+def _evaluate_arch(settings: EvalSettings, arch: str, lr: float, title: str, reporter: Reporter,
+                   train_group) -> ArchResult:
+    """All runs of one architecture; with `settings.lr_grid`, all runs at every grid lr, keeping the lr
+    with the best mean validation accuracy (chosen without looking at the test set)."""
+    grid = settings.lr_grid or [lr]
+    tried = []
+    for value in grid:
+        res = ArchResult(arch, lr=value)
+        name = title if len(grid) == 1 else f"{title} lr {value:g}"
+        with reporter.task(name, settings.runs) as update:
+            _run_all(res, settings, update, lambda runs: train_group(runs, value))
+        tried.append(res)
+    if len(tried) == 1:
+        return tried[0]
+    best = max(tried, key=lambda r: float(np.mean(r.val_accs)))  # the first of equals: the grid's order
+    best.lr_grid_val = {r.lr: float(np.mean(r.val_accs)) for r in tried}
+    return best
 
 
 def evaluate_set(synth: SyntheticSet, real: RealData, settings: EvalSettings, reporter: Reporter | None = None,
@@ -173,11 +203,8 @@ def evaluate_set(synth: SyntheticSet, real: RealData, settings: EvalSettings, re
             targets = _teacher(settings).label(synth.images.to(real.device))
     out = []
     for arch in settings.archs:
-        res = ArchResult(arch, lr=lr)
-        with reporter.task(f"eval {label} {arch}", settings.runs) as update:
-            _run_all(res, settings, update, lambda runs: train_and_test(
-                [(synth.images, targets)] * len(runs), real, settings, arch, lr, "eval", runs))
-        out.append(res)
+        out.append(_evaluate_arch(settings, arch, lr, f"eval {label} {arch}", reporter, lambda runs, lr_: train_and_test(
+            [(synth.images, targets)] * len(runs), real, settings, arch, lr_, "eval", runs)))
     return out
 
 
@@ -188,11 +215,9 @@ def evaluate_random(real: RealData, ipc: int, settings: EvalSettings,
     lr = settings.protocol.train.lr
     out = []
     for arch in settings.archs:
-        res = ArchResult(arch, lr=lr)
-        with reporter.task(f"eval random ipc {ipc} {arch}", settings.runs) as update:
-            _run_all(res, settings, update, lambda runs: train_and_test(
-                [_subset(real, ipc, settings, r) for r in runs], real, settings, arch, lr, "baseline", runs))
-        out.append(res)
+        out.append(_evaluate_arch(settings, arch, lr, f"eval random ipc {ipc} {arch}", reporter,
+                                  lambda runs, lr_: train_and_test([_subset(real, ipc, settings, r) for r in runs],
+                                                                   real, settings, arch, lr_, "baseline", runs)))
     return out
 
 

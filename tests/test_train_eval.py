@@ -193,3 +193,17 @@ def test_stacked_evaluation_matches_one_run_at_a_time(real):
     ra = evaluate_random(real, 1, EvalSettings(proto.with_epochs(1), ["convnet"], runs=2, stack=True))[0]
     rb = evaluate_random(real, 1, EvalSettings(proto.with_epochs(1), ["convnet"], runs=2, stack=False))[0]
     assert len(ra.accs) == 2 and ra.accs == pytest.approx(rb.accs, abs=0.02)
+
+
+def test_lr_grid_picks_the_lr_on_validation_not_test(real):
+    from condense.errors import CondenseError
+    proto = get_protocol("dsa").with_epochs(2)
+    vx, vy = real.random_subset(3, make_generator(7))
+    # Every run is trained at both lrs; the reported lr is the one with the best mean validation accuracy
+    # (the first in grid order among equals), and test accuracy plays no part in the choice.
+    settings = EvalSettings(proto, ["convnet"], runs=2, select="val", every=1, val=(vx, vy), lr_grid=[1e-5, 0.05])
+    res = evaluate_set(synth_from(real), real, settings)[0]
+    assert set(res.lr_grid_val) == {1e-5, 0.05} and len(res.val_accs) == 2
+    assert res.lr == max(res.lr_grid_val, key=lambda k: (res.lr_grid_val[k], -[1e-5, 0.05].index(k)))
+    with pytest.raises(CondenseError, match="needs --select val"):
+        EvalSettings(proto, ["convnet"], runs=1, lr_grid=[0.01])
