@@ -148,6 +148,8 @@ def eval_(
                                           "rates; every run is trained at each and the lr with the best mean "
                                           "validation accuracy is reported (costs one evaluation per lr)."),
     val_size: int = typer.Option(500, "--val-size", help="Validation images held out per class for --select val."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw accuracy vs IPC per method as a PNG (needs "
+                                        "the [plot] extra: matplotlib)."),
     ars: bool = typer.Option(False, "--ars", help="With --baseline random: also evaluate everything without "
                              "augmentation and add DD-Ranking's ARS (doubles the cost)."),
     full_acc: Optional[float] = typer.Option(None, "--full-acc", help="Test accuracy (%) of the architecture trained "
@@ -164,6 +166,8 @@ def eval_(
     settings.stack = stack
     if baseline not in (None, "random"):
         raise CondenseError(f"--baseline '{baseline}' is not known; the baseline is 'random'.")
+    if plot:
+        _need_matplotlib()
     if (ars or full_acc is not None) and baseline != "random":
         raise CondenseError(f"{'--ars' if ars else '--full-acc'} needs --baseline random (the scores compare the "
                             f"set with a random real subset of the same IPC).")
@@ -219,6 +223,8 @@ def eval_(
 
         with atomic_path(Path(markdown)) as tmp:
             tmp.write_text(report.to_markdown())
+    if plot:
+        plot_report(report, plot)
 
 
 def _evaluate(sets: list, real, settings, baseline: bool, no_decode: bool, reporter):
@@ -273,6 +279,8 @@ def bench(
     from condense.runtime import resolve_device
     from condense.synthetic import atomic_path, load
 
+    if plot:
+        _need_matplotlib()
     names = [a.strip() for a in algos.split(",") if a.strip()]
     for a in names:
         algorithms.ALGORITHMS.get(a)
@@ -323,6 +331,14 @@ def _preset_or_none(algo: str, preset: Optional[str], dataset: str, ipc: int) ->
         return preset
     except CondenseError:
         return None
+
+
+def _need_matplotlib() -> None:
+    """Fail before hours of work, not after, when --plot cannot be honoured."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CondenseError("--plot needs matplotlib: pip install 'condense-dd[plot]' (or drop --plot).") from None
 
 
 def plot_report(report, path: Path) -> None:
