@@ -137,6 +137,8 @@ def eval_(
     teacher_epochs: int = typer.Option(15, "--teacher-epochs", help="Epochs of the teachers' training on the whole "
                                        "training split (cached; `condense teachers` builds them ahead)."),
     teacher_num: int = typer.Option(1, "--teacher-num", help="Teachers per architecture (seeds 0..N-1)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Retrain every run even if the run cache has it (finished "
+                               "runs are cached, so an interrupted evaluation, run again, continues)."),
     stack: bool = typer.Option(True, "--stack/--no-stack", help="Train the runs of a ConvNet together as one "
                                "grouped network (each run computes what it would alone; fewer, larger passes)."),
     select: str = typer.Option("final", "--select", help="final: last epoch (default); val: the epoch chosen on a "
@@ -164,6 +166,7 @@ def eval_(
 
     settings = _settings(protocol, epochs, arch, runs, seed, compile, select, select_every, None, lr_grid)
     settings.stack = stack
+    settings.cache = None if fresh else _run_cache()
     if baseline not in (None, "random"):
         raise CondenseError(f"--baseline '{baseline}' is not known; the baseline is 'random'.")
     if plot:
@@ -305,6 +308,7 @@ def bench(
             sets.append((path, load(path)))
     settings = _settings(protocol, epochs, None, runs, seed, True, "final", 0, None)
     _attach_teacher(settings, real, "convnet", 15, 1, dev, reporter, cache)
+    settings.cache = _run_cache(cache)
     report = _evaluate(sets, real, settings, True, False, reporter)
     from rich.console import Console
 
@@ -331,6 +335,14 @@ def _preset_or_none(algo: str, preset: Optional[str], dataset: str, ipc: int) ->
         return preset
     except CondenseError:
         return None
+
+
+def _run_cache(root=None):
+    """Where finished evaluation runs are kept: <artifact cache>/evals."""
+    from condense.artifacts import cache_root
+    from evaluators.retrain import RunCache
+
+    return RunCache(cache_root(root) / "evals")
 
 
 def _need_matplotlib() -> None:

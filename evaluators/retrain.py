@@ -9,7 +9,11 @@ from `seed`, so a result is reproducible and runs are independent.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,6 +75,7 @@ class EvalSettings:
     lr_grid: list[float] = field(default_factory=list)  # with select=val: learning rates to choose from on val
     stack: bool = True  # train up to MAX_STACK runs of a ConvNet together (same numbers, fewer passes)
     teacher: Any = None  # evaluators.softlabel.Teacher, for protocols with soft labels (static / teacher)
+    cache: RunCache | None = None  # finished runs (resume an interrupted evaluation); None: always train
 
     def __post_init__(self) -> None:
         if self.select not in ("final", "val", "test-best"):
@@ -151,11 +156,57 @@ def train_and_test(data: list[tuple[torch.Tensor, torch.Tensor]], real: RealData
     return out
 
 
-def _run_all(res: ArchResult, settings: EvalSettings, update, train_group) -> None:
-    """Train the runs in groups (all together when stacking, else one at a time) and record them."""
+class RunCache:
+    """Finished runs on disk (one small JSON each, written atomically), keyed by everything that
+    determines a run: the training data, protocol, architecture, run index, seeds, lr, selection,
+    teachers and execution mode. An interrupted evaluation, run again, trains only what is missing."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    @staticmethod
+    def key(parts: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+    def get(self, key: str) -> tuple | None:
+        path = self.root / f"{key}.json"
+        try:
+            return tuple(json.loads(path.read_text())["result"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def put(self, key: str, result: tuple, parts: dict[str, Any]) -> None:
+        from condense.synthetic import atomic_path
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.root / f"{key}.json") as tmp:
+            tmp.write_text(json.dumps({"result": list(result), "run": parts}, default=str))
+
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _run_all(res: ArchResult, settings: EvalSettings, update, train_group, run_key) -> None:
+    """Train the runs in groups (all together when stacking, else one at a time) and record them;
+    runs found in `settings.cache` are taken from it, the others trained and stored there."""
     size = MAX_STACK if settings.stack else 1
     for start in range(0, settings.runs, size):
-        for acc, final, best, val in train_group(list(range(start, min(start + size, settings.runs)))):
+        group = list(range(start, min(start + size, settings.runs)))
+        parts = {r: run_key(r) for r in group}
+        done = {r: settings.cache.get(RunCache.key(parts[r])) for r in group} if settings.cache else {}
+        todo = [r for r in group if done.get(r) is None]
+        if todo:
+            for r, result in zip(todo, train_group(todo)):
+                done[r] = result
+                if settings.cache:
+                    settings.cache.put(RunCache.key(parts[r]), result, parts[r])
+        for r in group:
+            acc, final, best, val = done[r]  # type: ignore[misc]
             res.accs.append(acc)
             res.final_accs.append(final)
             if best is not None:
@@ -165,8 +216,17 @@ def _run_all(res: ArchResult, settings: EvalSettings, update, train_group) -> No
             update(acc=acc)
 
 
+def _run_parts(settings: EvalSettings, data: str, arch: str, lr: float, tag: str) -> dict[str, Any]:
+    """What determines every run of one evaluation (the run index is added per run)."""
+    return {"v": 1, "data": data, "protocol": settings.protocol.to_json(), "arch": arch, "lr": lr, "tag": tag,
+            "seed": settings.seed, "select": settings.select, "every": settings.every,
+            "val": tensor_digest(*settings.val) if settings.val is not None else None,
+            "teacher": getattr(settings.teacher, "description", None) if settings.protocol.labels != "hard" else None,
+            "compile": settings.compile, "stack": settings.stack}
+
+
 def _evaluate_arch(settings: EvalSettings, arch: str, lr: float, title: str, reporter: Reporter,
-                   train_group) -> ArchResult:
+                   train_group, data: str, tag: str) -> ArchResult:
     """All runs of one architecture; with `settings.lr_grid`, all runs at every grid lr, keeping the lr
     with the best mean validation accuracy (chosen without looking at the test set)."""
     grid = settings.lr_grid or [lr]
@@ -174,8 +234,9 @@ def _evaluate_arch(settings: EvalSettings, arch: str, lr: float, title: str, rep
     for value in grid:
         res = ArchResult(arch, lr=value)
         name = title if len(grid) == 1 else f"{title} lr {value:g}"
+        common = _run_parts(settings, data, arch, value, tag)
         with reporter.task(name, settings.runs) as update:
-            _run_all(res, settings, update, lambda runs: train_group(runs, value))
+            _run_all(res, settings, update, lambda runs: train_group(runs, value), lambda r: {**common, "run": r})
         tried.append(res)
     if len(tried) == 1:
         return tried[0]
@@ -201,10 +262,12 @@ def evaluate_set(synth: SyntheticSet, real: RealData, settings: EvalSettings, re
                 settings = replace(settings, protocol=replace(proto, train=proto.train.with_(soft_kind=kind)))
         else:
             targets = _teacher(settings).label(synth.images.to(real.device))
+    data = f"set {tensor_digest(synth.images, targets)} {real.info.name} {real.pre.pixel_space}"
     out = []
     for arch in settings.archs:
         out.append(_evaluate_arch(settings, arch, lr, f"eval {label} {arch}", reporter, lambda runs, lr_: train_and_test(
-            [(synth.images, targets)] * len(runs), real, settings, arch, lr_, "eval", runs)))
+            [(synth.images, targets)] * len(runs), real, settings, arch, lr_, "eval", runs),
+            data, "eval"))
     return out
 
 
@@ -217,7 +280,9 @@ def evaluate_random(real: RealData, ipc: int, settings: EvalSettings,
     for arch in settings.archs:
         out.append(_evaluate_arch(settings, arch, lr, f"eval random ipc {ipc} {arch}", reporter,
                                   lambda runs, lr_: train_and_test([_subset(real, ipc, settings, r) for r in runs],
-                                                                   real, settings, arch, lr_, "baseline", runs)))
+                                                                   real, settings, arch, lr_, "baseline", runs),
+                                  f"random ipc {ipc} {real.info.name} {real.pre.pixel_space} "
+                                  f"{real.train.labels.numel()} train images", "baseline"))
     return out
 
 

@@ -207,3 +207,29 @@ def test_lr_grid_picks_the_lr_on_validation_not_test(real):
     assert res.lr == max(res.lr_grid_val, key=lambda k: (res.lr_grid_val[k], -[1e-5, 0.05].index(k)))
     with pytest.raises(CondenseError, match="needs --select val"):
         EvalSettings(proto, ["convnet"], runs=1, lr_grid=[0.01])
+
+
+def test_finished_runs_are_cached_so_an_interrupted_evaluation_resumes(real, tmp_path, monkeypatch):
+    from evaluators.retrain import RunCache
+    proto = get_protocol("dsa").with_epochs(1)
+    cache = RunCache(tmp_path / "evals")
+    s = synth_from(real)
+    trained = []
+    real_tt = retrain.train_and_test
+
+    def spy(data, real_, settings, arch, lr, tag, runs):
+        trained.extend(runs)
+        return real_tt(data, real_, settings, arch, lr, tag, runs)
+
+    monkeypatch.setattr(retrain, "train_and_test", spy)
+    first = evaluate_set(s, real, EvalSettings(proto, ["convnet"], runs=2, stack=False, cache=cache))[0]
+    assert trained == [0, 1]
+    # "interrupted" after run 0: drop run 1's file; the rerun trains run 1 only, and adds run 2
+    files = sorted((tmp_path / "evals").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    files[-1].unlink()
+    trained.clear()
+    again = evaluate_set(s, real, EvalSettings(proto, ["convnet"], runs=3, stack=False, cache=cache))[0]
+    assert trained == [1, 2] and again.accs[:2] == first.accs
+    trained.clear()
+    evaluate_set(s, real, EvalSettings(proto.with_epochs(2), ["convnet"], runs=1, stack=False, cache=cache))
+    assert trained == [0]  # another protocol is another key
