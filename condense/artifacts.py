@@ -80,8 +80,11 @@ class Artifacts:
 
     def describe(self, real: RealData, arch: str, recipe: TrainConfig, seed: int, kind: str = "trained-network"
                  ) -> dict[str, Any]:
-        return {"kind": kind, "version": ARTIFACT_VERSION, "dataset": real.info.name,
+        desc = {"kind": kind, "version": ARTIFACT_VERSION, "dataset": real.info.name,
                 "pixel_space": real.pre.pixel_space, "arch": arch, "recipe": recipe_fields(recipe), "seed": seed}
+        if real.subset:  # trained on part of the split (e.g. validation held out): another network
+            desc["train_subset"] = real.subset
+        return desc
 
     def path(self, desc: dict[str, Any]) -> Path:
         return self.root / "networks" / f"{_safe(desc['dataset'])}-{desc['arch']}-{key_of(desc)}.pt"

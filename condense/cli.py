@@ -138,7 +138,8 @@ def eval_(
                                        "training split (cached; `condense teachers` builds them ahead)."),
     teacher_num: int = typer.Option(1, "--teacher-num", help="Teachers per architecture (seeds 0..N-1)."),
     fresh: bool = typer.Option(False, "--fresh", help="Retrain every run even if the run cache has it (finished "
-                               "runs are cached, so an interrupted evaluation, run again, continues)."),
+                               "runs are cached, so an interrupted evaluation, run again, continues; fresh "
+                               "results replace the cached ones)."),
     stack: bool = typer.Option(True, "--stack/--no-stack", help="Train the runs of a ConvNet together as one "
                                "grouped network (each run computes what it would alone; fewer, larger passes)."),
     select: str = typer.Option("final", "--select", help="final: last epoch (default); val: the epoch chosen on a "
@@ -166,7 +167,7 @@ def eval_(
 
     settings = _settings(protocol, epochs, arch, runs, seed, compile, select, select_every, None, lr_grid)
     settings.stack = stack
-    settings.cache = None if fresh else _run_cache()
+    settings.cache = _run_cache(read=not fresh)
     if baseline not in (None, "random"):
         raise CondenseError(f"--baseline '{baseline}' is not known; the baseline is 'random'.")
     if plot:
@@ -195,19 +196,30 @@ def eval_(
         real, val = real.holdout(val_size, make_generator(derive_seed(seed, "validation-split")))
         settings.val = val
     proto = settings.protocol
-    _attach_teacher(settings, real, teacher, teacher_epochs, teacher_num, dev, reporter)
-    if not quiet:
-        from rich.markup import escape
-
-        _console().print(f"protocol [bold]{escape(proto.name)}[/] {escape(f'[{proto.hash}]')}: "
-                         f"{escape(proto.description)}")
-    for p, s in sets:
+    settings.device = dev.type
+    for p, s in sets:  # every refusal before any training (teachers can take many minutes)
         if s.soft_labels is not None and proto.labels == "hard":
             reporter.log(f"note: {p} stores soft labels, but protocol {proto.name} trains on its hard labels, so "
                          f"the number below ignores them (--protocol kd-static uses them).")
         if proto.labels != "hard" and s.preprocess.pixel_space == "zca":
             raise CondenseError(f"{p} is stored in ZCA space; the soft-label protocols need teachers in that space, "
                                 f"which condense does not build yet. Evaluate it with a hard-label protocol.")
+        if proto.labels == "static" and s.soft_labels is not None:
+            kind, temp = s.soft_attrs.get("kind", "logits"), s.soft_attrs.get("temperature")
+            if kind == "probs" and proto.train.temperature != 1:
+                raise CondenseError(f"{p} stores soft labels as probabilities, which cannot be re-softened at the "
+                                    f"protocol's temperature {proto.train.temperature:g}. Store logits, or evaluate "
+                                    f"with a hard-label protocol.")
+            if temp is not None and float(temp) != proto.train.temperature:
+                reporter.log(f"note: {p}'s soft labels were made at temperature {float(temp):g}; protocol "
+                             f"{proto.name} softens them at {proto.train.temperature:g}, and labels the random "
+                             f"baseline with condense's teachers instead.")
+    _attach_teacher(settings, real, teacher, teacher_epochs, teacher_num, dev, reporter)
+    if not quiet:
+        from rich.markup import escape
+
+        _console().print(f"protocol [bold]{escape(proto.name)}[/] {escape(f'[{proto.hash}]')}: "
+                         f"{escape(proto.description)}")
     report = _evaluate(sets, real, settings, baseline == "random", no_decode, reporter)
     if full_acc is not None:
         add_scores(report, full_acc / 100 if full_acc > 1 else full_acc)
@@ -308,7 +320,7 @@ def bench(
             sets.append((path, load(path)))
     settings = _settings(protocol, epochs, None, runs, seed, True, "final", 0, None)
     _attach_teacher(settings, real, "convnet", 15, 1, dev, reporter, cache)
-    settings.cache = _run_cache(cache)
+    settings.cache, settings.device = _run_cache(cache), dev.type
     report = _evaluate(sets, real, settings, True, False, reporter)
     from rich.console import Console
 
@@ -337,12 +349,12 @@ def _preset_or_none(algo: str, preset: Optional[str], dataset: str, ipc: int) ->
         return None
 
 
-def _run_cache(root=None):
+def _run_cache(root=None, read: bool = True):
     """Where finished evaluation runs are kept: <artifact cache>/evals."""
     from condense.artifacts import cache_root
     from evaluators.retrain import RunCache
 
-    return RunCache(cache_root(root) / "evals")
+    return RunCache(cache_root(root) / "evals", read)
 
 
 def _need_matplotlib() -> None:

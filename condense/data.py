@@ -12,6 +12,8 @@ puts the gzipped IDX files in `/usr/share/datasets/fashion-mnist`).
 """
 from __future__ import annotations
 
+import hashlib
+
 import gzip
 import os
 import struct
@@ -125,6 +127,7 @@ class RealData:
     test: Split
     pre: Preprocess
     class_index: list[Tensor] = field(default_factory=list)  # per class: int64 indices into train
+    subset: str = ""  # "" for the whole training split; else what was held out (networks trained on it differ)
 
     def __post_init__(self) -> None:
         if not self.class_index:
@@ -139,7 +142,7 @@ class RealData:
         pre = Preprocess(self.pre.mean, self.pre.std, self.pre.zca.to(device) if self.pre.zca else None)
         return RealData(self.info, Split(self.train.images.to(device), self.train.labels.to(device)),
                         Split(self.test.images.to(device), self.test.labels.to(device)), pre,
-                        [i.to(device) for i in self.class_index])
+                        [i.to(device) for i in self.class_index], self.subset)
 
     def count(self, c: int) -> int:
         return int(self.class_index[c].numel())
@@ -184,14 +187,16 @@ class RealData:
             val.append(perm[:per_class])
             keep.append(perm[per_class:])
         keep_idx, val_idx = torch.cat(keep).sort().values, torch.cat(val)
-        rest = RealData(self.info, Split(self.train.images[keep_idx], self.train.labels[keep_idx]), self.test, self.pre)
+        h = hashlib.sha256(val_idx.cpu().numpy().tobytes()).hexdigest()[:12]
+        rest = RealData(self.info, Split(self.train.images[keep_idx], self.train.labels[keep_idx]), self.test, self.pre,
+                        subset=f"{self.subset}without {per_class}/class held out [{h}]")
         return rest, (self.get(val_idx), self.train.labels[val_idx])
 
     def with_preprocess(self, pre: Preprocess) -> "RealData":
         """The same images seen through another preprocess (a synthetic set's own ZCA/stats)."""
         if pre.zca is not None:
             pre = Preprocess(pre.mean, pre.std, pre.zca.to(self.device))
-        return RealData(self.info, self.train, self.test, pre, self.class_index)
+        return RealData(self.info, self.train, self.test, pre, self.class_index, self.subset)
 
     def test_batches(self, batch: int = 256) -> Iterator[tuple[Tensor, Tensor]]:
         for s in range(0, self.test.labels.numel(), batch):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ class EvalSettings:
     stack: bool = True  # train up to MAX_STACK runs of a ConvNet together (same numbers, fewer passes)
     teacher: Any = None  # evaluators.softlabel.Teacher, for protocols with soft labels (static / teacher)
     cache: RunCache | None = None  # finished runs (resume an interrupted evaluation); None: always train
+    device: str = "cpu"  # the device type the runs train on (part of a cached run's identity)
 
     def __post_init__(self) -> None:
         if self.select not in ("final", "val", "test-best"):
@@ -108,12 +110,16 @@ def train_and_test(data: list[tuple[torch.Tensor, torch.Tensor]], real: RealData
     info, device, cfg = real.info, real.device, settings.protocol.train
     if settings.select == "val" and settings.val is None:
         raise CondenseError("--select val needs a validation split (see --val-size).")
-    nets = [build_model(arch, info.channels, info.num_classes, info.size,
-                        seed=derive_seed(settings.seed, tag, arch, r, "init")).to(device) for r in runs]
+    def make(r: int) -> torch.nn.Module:
+        return build_model(arch, info.channels, info.num_classes, info.size,
+                           seed=derive_seed(settings.seed, tag, arch, r, "init")).to(device)
+
+    nets = [make(runs[0])]
     together = settings.stack and len(runs) > 1 and stackable(nets[0]) and cfg.grad_penalty == 0
     if not together and len(runs) > 1:
         return [res for i, r in enumerate(runs)
                 for res in train_and_test(data[i:i + 1], real, settings, arch, lr, tag, [r])]
+    nets += [make(r) for r in runs[1:]]
     gens = [make_generator(derive_seed(settings.seed, tag, arch, r, "data")) for r in runs]
     datas = [TrainData.tensors(x.to(device), y.to(device)) for x, y in data]
     model: torch.nn.Module = ConvNetStack(nets) if together else nets[0]
@@ -161,14 +167,18 @@ class RunCache:
     determines a run: the training data, protocol, architecture, run index, seeds, lr, selection,
     teachers and execution mode. An interrupted evaluation, run again, trains only what is missing."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, read: bool = True) -> None:
         self.root = Path(root)
+        self.read = read  # False (--fresh): retrain everything, but still record the new results
+        self.warned = False
 
     @staticmethod
     def key(parts: dict[str, Any]) -> str:
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
     def get(self, key: str) -> tuple | None:
+        if not self.read:
+            return None
         path = self.root / f"{key}.json"
         try:
             return tuple(json.loads(path.read_text())["result"])
@@ -178,9 +188,15 @@ class RunCache:
     def put(self, key: str, result: tuple, parts: dict[str, Any]) -> None:
         from condense.synthetic import atomic_path
 
-        self.root.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.root / f"{key}.json") as tmp:
-            tmp.write_text(json.dumps({"result": list(result), "run": parts}, default=str))
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.root / f"{key}.json") as tmp:
+                tmp.write_text(json.dumps({"result": list(result), "run": parts}, default=str))
+        except OSError as e:  # a read-only or full cache costs resumability, not the evaluation
+            if not self.warned:
+                print(f"warning: cannot write the run cache {self.root} ({e}); this evaluation cannot be resumed.",
+                      file=sys.stderr)
+                self.warned = True
 
 
 def tensor_digest(*tensors: torch.Tensor) -> str:
@@ -218,10 +234,13 @@ def _run_all(res: ArchResult, settings: EvalSettings, update, train_group, run_k
 
 def _run_parts(settings: EvalSettings, data: str, arch: str, lr: float, tag: str) -> dict[str, Any]:
     """What determines every run of one evaluation (the run index is added per run)."""
-    return {"v": 1, "data": data, "protocol": settings.protocol.to_json(), "arch": arch, "lr": lr, "tag": tag,
-            "seed": settings.seed, "select": settings.select, "every": settings.every,
+    from condense.synthetic import package_version
+
+    return {"v": 1, "condense": package_version(), "device": settings.device, "data": data,
+            "protocol": settings.protocol.to_json(), "arch": arch, "lr": lr, "tag": tag, "seed": settings.seed,
+            "select": settings.select, "every": settings.every if settings.select != "final" else None,
             "val": tensor_digest(*settings.val) if settings.val is not None else None,
-            "teacher": getattr(settings.teacher, "description", None) if settings.protocol.labels != "hard" else None,
+            "teacher": _teacher(settings).description if settings.protocol.labels == "teacher" else None,
             "compile": settings.compile, "stack": settings.stack}
 
 
@@ -262,7 +281,7 @@ def evaluate_set(synth: SyntheticSet, real: RealData, settings: EvalSettings, re
                 settings = replace(settings, protocol=replace(proto, train=proto.train.with_(soft_kind=kind)))
         else:
             targets = _teacher(settings).label(synth.images.to(real.device))
-    data = f"set {tensor_digest(synth.images, targets)} {real.info.name} {real.pre.pixel_space}"
+    data = f"set {tensor_digest(synth.images, targets)} {_pre_digest(real)}"
     out = []
     for arch in settings.archs:
         out.append(_evaluate_arch(settings, arch, lr, f"eval {label} {arch}", reporter, lambda runs, lr_: train_and_test(
@@ -281,9 +300,15 @@ def evaluate_random(real: RealData, ipc: int, settings: EvalSettings,
         out.append(_evaluate_arch(settings, arch, lr, f"eval random ipc {ipc} {arch}", reporter,
                                   lambda runs, lr_: train_and_test([_subset(real, ipc, settings, r) for r in runs],
                                                                    real, settings, arch, lr_, "baseline", runs),
-                                  f"random ipc {ipc} {real.info.name} {real.pre.pixel_space} "
-                                  f"{real.train.labels.numel()} train images", "baseline"))
+                                  f"random ipc {ipc} {_pre_digest(real)}", "baseline"))
     return out
+
+
+def _pre_digest(real: RealData) -> str:
+    """The real data as runs see it: dataset, training split, and the preprocessing (mean/std, ZCA)."""
+    pre = real.pre
+    zca = tensor_digest(pre.zca.matrix, pre.zca.mean) if pre.zca is not None else "none"
+    return f"{real.info.name} [{real.subset or 'whole'}] {real.train.labels.numel()} mean {pre.mean} std {pre.std} zca {zca}"
 
 
 def _subset(real: RealData, ipc: int, settings: EvalSettings, run: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -115,3 +115,14 @@ def test_soft_label_protocol_without_teacher_is_a_clear_error(real):
     from condense.errors import CondenseError
     with pytest.raises(CondenseError, match="needs teachers"):
         evaluate_set(_set(real), real, EvalSettings(get_protocol("kd-sre2l").with_epochs(1), ["convnet"], runs=1))
+
+
+def test_networks_trained_without_the_validation_split_are_other_artifacts(real, tmp_path):
+    from condense.artifacts import Artifacts, key_of, teacher_recipe
+    store = Artifacts(tmp_path)
+    rest, _ = real.holdout(2, make_generator(0))
+    whole = store.describe(real, "convnet", teacher_recipe(15), 0)
+    held = store.describe(rest, "convnet", teacher_recipe(15), 0)
+    assert "train_subset" not in whole and "held out" in held["train_subset"]  # whole-split keys unchanged
+    assert key_of(whole) != key_of(held)
+    assert rest.with_preprocess(rest.pre).subset == rest.subset
