@@ -152,7 +152,7 @@ def eval_(
                                           "validation accuracy is reported (costs one evaluation per lr)."),
     val_size: int = typer.Option(500, "--val-size", help="Validation images held out per class for --select val."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw accuracy vs IPC per method as a PNG (needs "
-                                        "the [plot] extra: matplotlib)."),
+                                        "matplotlib: pip install condense-dd with the plot extra)."),
     ars: bool = typer.Option(False, "--ars", help="With --baseline random: also evaluate everything without "
                              "augmentation and add DD-Ranking's ARS (doubles the cost)."),
     full_acc: Optional[float] = typer.Option(None, "--full-acc", help="Test accuracy (%) of the architecture trained "
@@ -283,7 +283,7 @@ def bench(
     out: Path = typer.Option(Path("bench.md"), "--out", help="Markdown report (with the commands behind it)."),
     json_out: Optional[Path] = typer.Option(None, "--json"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Accuracy vs IPC per method as a PNG (needs the "
-                                        "[plot] extra: matplotlib)."),
+                                        "matplotlib: the plot extra of condense-dd)."),
     cache: Optional[Path] = typer.Option(None, "--cache"),
     seed: int = Seed, device: str = Device, data_root: Optional[Path] = DataRoot, quiet: bool = Quiet,
 ) -> None:
