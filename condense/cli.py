@@ -282,7 +282,7 @@ def bench(
                                   "reused (an interrupted distillation resumes)."),
     out: Path = typer.Option(Path("bench.md"), "--out", help="Markdown report (with the commands behind it)."),
     json_out: Optional[Path] = typer.Option(None, "--json"),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Accuracy vs IPC per method as a PNG (needs the "
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Accuracy vs IPC per method as a PNG (needs "
                                         "matplotlib: the plot extra of condense-dd)."),
     cache: Optional[Path] = typer.Option(None, "--cache"),
     seed: int = Seed, device: str = Device, data_root: Optional[Path] = DataRoot, quiet: bool = Quiet,
