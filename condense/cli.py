@@ -132,11 +132,14 @@ def eval_(
     compile: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile the networks' forward "
                                  "(same math, about 2x faster on CPU; results differ from eager only by float "
                                  "rounding)."),
-    teacher: str = typer.Option("convnet", "--teacher", help="Soft-label protocols (kd-static, kd-sre2l): the "
-                                "teacher architectures, comma-separated (their mean logits are the labels)."),
-    teacher_epochs: int = typer.Option(15, "--teacher-epochs", help="Epochs of the teachers' training on the whole "
-                                       "training split (cached; `condense teachers` builds them ahead)."),
-    teacher_num: int = typer.Option(1, "--teacher-num", help="Teachers per architecture (seeds 0..N-1)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Soft-label protocols (kd-static, kd-sre2l): the "
+                                          "teacher architectures, comma-separated (their mean logits are the "
+                                          "labels). Default: the file's `teacher` attribute, else convnet."),
+    teacher_epochs: Optional[int] = typer.Option(None, "--teacher-epochs", help="Epochs of the teachers' training on "
+                                                 "the whole training split (cached; `condense teachers` builds them "
+                                                 "ahead). Default: the file's, else 15."),
+    teacher_num: Optional[int] = typer.Option(None, "--teacher-num", help="Teachers per architecture (seeds "
+                                              "0..N-1). Default: the file's, else 1."),
     fresh: bool = typer.Option(False, "--fresh", help="Retrain every run even if the run cache has it (finished "
                                "runs are cached, so an interrupted evaluation, run again, continues; fresh "
                                "results replace the cached ones)."),
@@ -215,7 +218,8 @@ def eval_(
                 reporter.log(f"note: {p}'s soft labels were made at temperature {float(temp):g}; protocol "
                              f"{proto.name} softens them at {proto.train.temperature:g}, and labels the random "
                              f"baseline with condense's teachers instead.")
-    _attach_teacher(settings, real, teacher, teacher_epochs, teacher_num, dev, reporter)
+    spec = _teacher_spec(sets, teacher, teacher_epochs, teacher_num) if proto.labels != "hard" else ("", 0, 0)
+    _attach_teacher(settings, real, *spec, dev, reporter)
     if not quiet:
         from rich.markup import escape
 
@@ -396,6 +400,26 @@ def plot_report(report, path: Path) -> None:
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def _teacher_spec(sets: list, archs: Optional[str], epochs: Optional[int], num: Optional[int]) -> tuple[str, int, int]:
+    """The teachers for soft labels: the command line's, else the one the files name in their `teacher`
+    attribute (JSON: {"arch": "convnet,...", "epochs": 15, "num": 1}), else one ConvNet-3 of 15 epochs."""
+    named = set()
+    for p, s in sets:
+        if s.meta.teacher:
+            try:
+                t = json.loads(s.meta.teacher)
+                named.add((str(t["arch"]), int(t.get("epochs", 15)), int(t.get("num", 1))))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise CondenseError(f"{p} names its teacher as {s.meta.teacher!r}, which is not the JSON "
+                                    f'{{"arch": ..., "epochs": ..., "num": ...}} condense reads; pass --teacher, '
+                                    f"--teacher-epochs and --teacher-num instead.") from None
+    if len(named) > 1 and archs is None:
+        raise CondenseError(f"The files name different teachers ({sorted(named)}); evaluate them separately or "
+                            f"choose one with --teacher/--teacher-epochs/--teacher-num.")
+    file_arch, file_epochs, file_num = named.pop() if named else ("convnet", 15, 1)
+    return (archs or file_arch, epochs if epochs is not None else file_epochs, num if num is not None else file_num)
 
 
 def _attach_teacher(settings, real, archs: str, epochs: int, num: int, dev, reporter, cache=None) -> None:

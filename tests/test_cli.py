@@ -174,3 +174,21 @@ def test_eval_soft_label_protocol_and_ars(monkeypatch, capsys, data_root, tmp_pa
                        "--teacher-epochs", "1", "--baseline", "random", "--full-acc", "93", "--data-root", data_root,
                        "--quiet")
     assert code == 1 and "compares hard-label" in " ".join(err.split())
+
+
+def test_soft_label_teacher_comes_from_the_file_unless_given(monkeypatch, capsys, data_root, tmp_path):
+    out = tmp_path / "r.h5"
+    assert cli(monkeypatch, capsys, "distill", "--algo", "random", "--ipc", "1", "--out", out, "--data-root",
+               data_root, "--quiet")[0] == 0
+    s = condense.load(out)
+    s.meta.teacher = '{"arch": "mlp", "epochs": 1}'
+    s.save(out)
+    common = ["--protocol", "kd-static", "--epochs", "1", "--runs", "1", "--data-root", data_root, "--quiet"]
+    code, _, err = cli(monkeypatch, capsys, "eval", out, *common, "--json", tmp_path / "e.json")
+    assert code == 0, err
+    row = json.loads((tmp_path / "e.json").read_text())["rows"][0]
+    assert [m["arch"] for m in row["teacher"]["members"]] == ["mlp"] and row["teacher"]["epochs"] == 1
+    s.meta.teacher = "resnet please"
+    s.save(out)
+    code, _, err = cli(monkeypatch, capsys, "eval", out, *common)
+    assert code == 1 and "names its teacher" in " ".join(err.split())
