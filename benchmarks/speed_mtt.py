@@ -1,0 +1,83 @@
+"""Trajectory matching: seconds per iteration and peak memory of `unroll` vs `recompute`, one fresh
+process per setting (so peak RSS belongs to that setting), on Fashion-MNIST with ConvNet-3.
+
+    python benchmarks/speed_mtt.py IPC SYN_STEPS MEMORY [ITERS] [key=value ...] [--json-out FILE]
+    for n in 10 20 40; do for m in unroll recompute; do
+        python benchmarks/speed_mtt.py 10 $n $m --json-out benchmarks/results/speed_mtt.jsonl; done; done
+
+The cost of an iteration does not depend on the experts' values, so the expert trajectories here are
+random parameter vectors of the right shape (no hour of expert training needed; the same reasoning as
+the untrained pool of the NCFM speed benchmark). Everything else is the real `MTT.step`: N student
+steps on the whole synthetic set (batch_syn = IPC x classes, MTT's default), DSA per sample, the
+normalized distance to the expert and the updates of the images and of the step size.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+from condense.runtime import tune_allocator
+
+tune_allocator()
+
+import torch  # noqa: E402
+
+import algorithms  # noqa: E402
+from algorithms.base import Context, config_from  # noqa: E402
+from condense.artifacts import Artifacts  # noqa: E402
+from condense.data import load_dataset  # noqa: E402
+from condense.models import FlatParams, build_model  # noqa: E402
+
+
+class RandomExperts(Artifacts):
+    """Expert trajectories of the right shape with random values (speed does not depend on them)."""
+
+    def expert(self, real, arch, recipe, index):  # type: ignore[override]
+        net = build_model(arch, real.info.channels, real.info.num_classes, real.info.size, seed=index)
+        start = FlatParams(net).flatten(net)
+        g = torch.Generator().manual_seed(index)
+        steps = torch.randn(recipe.epochs, start.numel(), generator=g) * 1e-3
+        return torch.cat([start[None], start[None] + steps.cumsum(0)])
+
+
+def main() -> None:
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    out = sys.argv[sys.argv.index("--json-out") + 1] if "--json-out" in sys.argv else None
+    if out in args:
+        args.remove(out)
+    ipc, n, memory = int(args[0]), int(args[1]), args[2]
+    iters = int(args[3]) if len(args) > 3 and "=" not in args[3] else 4
+    over = dict(a.split("=", 1) for a in args[3:] if "=" in a)
+    real = load_dataset("fashion-mnist")
+    cls = algorithms.ALGORITHMS.get("mtt")
+    values = {"ipc": ipc, "iters": iters, "syn_steps": n, "memory": memory, "num_experts": 2, "max_start_epoch": 2,
+              "expert_epochs": 2, **over}
+    a = cls(config_from(cls, values), real, Context(seed=0, artifacts=RandomExperts()))
+    a.init()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    a.step(0)
+    first = time.perf_counter() - t0
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    for i in range(1, iters):
+        a.step(i)
+    dt = (time.perf_counter() - t0) / max(iters - 1, 1)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    row = {"algo": "mtt", "ipc": ipc, "syn_steps": n, "memory": memory, "settings": over, "iters_timed": iters - 1,
+           "s_per_iter": round(dt, 3), "first_iter_s": round(first, 3), "peak_rss_mb": round(r1.ru_maxrss / 1024),
+           "rss_before_distill_mb": round(rss_before / 1024),
+           "user_s_per_iter": round((r1.ru_utime - r0.ru_utime) / max(iters - 1, 1), 3),
+           "sys_s_per_iter": round((r1.ru_stime - r0.ru_stime) / max(iters - 1, 1), 3),
+           "threads": torch.get_num_threads()}
+    line = json.dumps(row)
+    print(line)
+    if out:
+        with open(out, "a") as f:
+            f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
