@@ -41,6 +41,12 @@ def main() -> None:
     cls = algorithms.ALGORITHMS.get(algo)
     cfg = config_from(cls, {"ipc": ipc, "iters": iters, **over})
     a = cls(cfg, real, Context(seed=0, artifacts=Artifacts()))
+    measure(a, iters, {"algo": algo, "ipc": ipc, "settings": over}, out)
+
+
+def measure(a, iters: int, row: dict, out: str | None) -> dict:
+    """Initialize algorithm `a`, time `iters` steps (the first reported apart), print and append one
+    JSON line: `row` plus seconds per iteration, peak RSS and CPU times. Shared with speed_mtt.py."""
     a.init()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
@@ -52,7 +58,7 @@ def main() -> None:
         a.step(i)
     dt = (time.perf_counter() - t0) / max(iters - 1, 1)
     r1 = resource.getrusage(resource.RUSAGE_SELF)
-    row = {"algo": algo, "ipc": ipc, "settings": over, "iters_timed": iters - 1, "s_per_iter": round(dt, 3),
+    row = {**row, "iters_timed": iters - 1, "s_per_iter": round(dt, 3),
            "first_iter_s": round(first, 3), "peak_rss_mb": round(r1.ru_maxrss / 1024),
            "rss_before_distill_mb": round(rss_before / 1024),
            "user_s_per_iter": round((r1.ru_utime - r0.ru_utime) / max(iters - 1, 1), 3),
@@ -63,7 +69,7 @@ def main() -> None:
     if out:
         with open(out, "a") as f:
             f.write(line + "\n")
-
+    return row
 
 if __name__ == "__main__":
     main()

@@ -13,10 +13,7 @@ normalized distance to the expert and the updates of the images and of the step 
 """
 from __future__ import annotations
 
-import json
-import resource
 import sys
-import time
 
 from condense.runtime import tune_allocator
 
@@ -29,6 +26,7 @@ from algorithms.base import Context, config_from  # noqa: E402
 from condense.artifacts import Artifacts  # noqa: E402
 from condense.data import load_dataset  # noqa: E402
 from condense.models import FlatParams, build_model  # noqa: E402
+from speed_matching import measure  # noqa: E402  (same folder: the script's own directory is on sys.path)
 
 
 class RandomExperts(Artifacts):
@@ -55,29 +53,7 @@ def main() -> None:
     values = {"ipc": ipc, "iters": iters, "syn_steps": n, "memory": memory, "num_experts": 2, "max_start_epoch": 2,
               "expert_epochs": 2, **over}
     a = cls(config_from(cls, values), real, Context(seed=0, artifacts=RandomExperts()))
-    a.init()
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
-    a.step(0)
-    first = time.perf_counter() - t0
-    r0 = resource.getrusage(resource.RUSAGE_SELF)
-    t0 = time.perf_counter()
-    for i in range(1, iters):
-        a.step(i)
-    dt = (time.perf_counter() - t0) / max(iters - 1, 1)
-    r1 = resource.getrusage(resource.RUSAGE_SELF)
-    row = {"algo": "mtt", "ipc": ipc, "syn_steps": n, "memory": memory, "settings": over, "iters_timed": iters - 1,
-           "s_per_iter": round(dt, 3), "first_iter_s": round(first, 3), "peak_rss_mb": round(r1.ru_maxrss / 1024),
-           "rss_before_distill_mb": round(rss_before / 1024),
-           "user_s_per_iter": round((r1.ru_utime - r0.ru_utime) / max(iters - 1, 1), 3),
-           "sys_s_per_iter": round((r1.ru_stime - r0.ru_stime) / max(iters - 1, 1), 3),
-           "threads": torch.get_num_threads()}
-    line = json.dumps(row)
-    print(line)
-    if out:
-        with open(out, "a") as f:
-            f.write(line + "\n")
-
+    measure(a, iters, {"algo": "mtt", "ipc": ipc, "syn_steps": n, "memory": memory, "settings": over}, out)
 
 if __name__ == "__main__":
     main()
