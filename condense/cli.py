@@ -367,7 +367,7 @@ def _need_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise CondenseError("--plot needs matplotlib: pip install 'condense-dd[plot]' (or drop --plot).") from None
+        raise CondenseError("--plot needs matplotlib (the plot extra of condense-dd: pip install matplotlib), or drop --plot.") from None
 
 
 def plot_report(report, path: Path) -> None:
@@ -378,7 +378,7 @@ def plot_report(report, path: Path) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise CondenseError("--plot needs matplotlib: pip install 'condense-dd[plot]'.") from None
+        raise CondenseError("--plot needs matplotlib (the plot extra of condense-dd: pip install matplotlib).") from None
     from condense.synthetic import atomic_path
 
     fig, ax = plt.subplots(figsize=(6, 4))
