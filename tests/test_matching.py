@@ -44,6 +44,13 @@ def test_chunking_the_real_forward_is_exact_with_instance_norm(real):
             assert torch.allclose(outs[0][c][0], other[c][0], atol=1e-5)
 
 
+def test_auto_chunk_follows_the_device_and_bad_chunks_are_refused(real):
+    assert make(DM, real).chunk == 16  # -1 (the default) on a CPU context
+    assert make(DM, real, chunk=40).chunk == 40
+    with pytest.raises(Exception, match="chunk must be -1"):
+        make(DM, real, chunk=-3)
+
+
 def test_dm_with_batchnorm_normalizes_over_all_classes_at_once(real):
     """As the official DM code does for BN networks: one batch of every class's real images."""
     outs = []
