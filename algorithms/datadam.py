@@ -45,7 +45,7 @@ class DataDAMConfig(MatchConfig):
     scale: float = 100.0  # both terms are multiplied by 100 in the official code
     chunk: int = 0  # BatchNorm statistics span all classes, as in the official code
     bn_chunk: int = 64  # ...but the real forward runs about this many images at a time, exactly (ConvNet.features_lowmem);
-    # 64 keeps IPC 1 under half the official code's memory (1.0 GB vs 1.2-1.3 GB at 160, measured)
+    # 64: peak 1.18 GB at IPC 1 (1.30 GB at 160), about 30% more time; RESULTS.md §3
     compile: bool = False  # no gain measured for DataDAM's real forward
 
 
