@@ -26,6 +26,7 @@ start-epoch window and the loss gate.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,7 @@ from torch import Tensor
 from algorithms.base import ALGORITHMS, AlgoConfig, Algorithm
 from condense.augment import DEFAULT_STRATEGY, AugParams, make_dsa
 from condense.errors import CondenseError
-from condense.models import FlatParams
+from condense.models import FlatParams, HigherOrderConvs
 from condense.synthetic import SyntheticSet
 from condense.train import TrainConfig
 
@@ -71,6 +72,7 @@ class MTTConfig(AlgoConfig):
     init: str = "real"  # real | noise | kmeans (AST representative init) | correct (DATM: correctly classified)
     dsa: str = DEFAULT_STRATEGY  # inner-loop augmentation, per sample
     memory: str = "unroll"  # unroll | recompute (exact, activation memory independent of N)
+    fast_conv: bool = True  # convolutions whose second derivatives use the fast kernels (same numbers)
     inner_momentum: float = 0.0  # AST: 0.9, heavy-ball momentum in the inner loop
     balance_loss: bool = False  # AST: scale the inner loss by the start epoch's position
     middle_loss: bool = False  # AST: also match the expert's intermediate epochs
@@ -213,7 +215,8 @@ class MTT(Algorithm):
         x = images[idx]
         if p is not None:
             x = self.aug(x, p)
-        out = self.flat.call(self.net, theta, x)
+        with HigherOrderConvs() if self.cfg.fast_conv else contextlib.nullcontext():  # type: ignore[attr-defined]
+            out = self.flat.call(self.net, theta, x)
         if soft is None:
             return scale * F.cross_entropy(out, self.labels[idx])
         return scale * torch.sum(-F.softmax(soft[idx], 1) * F.log_softmax(out, 1), 1).mean()

@@ -76,3 +76,23 @@ def test_low_memory_forward_equals_one_big_forward_even_with_batchnorm(arch, chu
     for a, b in zip(acts, small):
         assert torch.allclose(reduce(a), b, rtol=1e-4, atol=1e-4)
     assert torch.allclose(emb, emb2, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride,padding,groups", [(1, 1, 1), (2, 3, 2)])
+def test_higher_order_convolution_matches_autograd_to_third_order(stride, padding, groups):
+    from condense.models import conv2d_higher_order
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(3, 4, 9, 9, generator=g, dtype=torch.double)
+    w0 = torch.randn(6, 4 // groups, 3, 3, generator=g, dtype=torch.double)
+    b0 = torch.randn(6, generator=g, dtype=torch.double)
+
+    def third(conv):
+        x, w, b = (t.clone().requires_grad_(True) for t in (x0, w0, b0))
+        y = conv(x, w, b, stride, padding, 1, groups)
+        (gw,) = torch.autograd.grad(y.tanh().sum(), w, create_graph=True)  # first order
+        (gx,) = torch.autograd.grad((gw * w).sum() + gw.square().sum(), x, create_graph=True)  # second
+        return torch.autograd.grad(gx.square().sum(), [x, w, b])  # third
+
+    for u, v in zip(third(torch.nn.functional.conv2d), third(conv2d_higher_order)):
+        assert torch.allclose(u, v, rtol=1e-9, atol=1e-9)

@@ -65,6 +65,14 @@ def test_recompute_gives_the_same_gradients_as_unroll(real, tmp_path, over):
         assert torch.allclose(a["soft"], b["soft"], rtol=1e-4, atol=1e-6 * a["soft"].abs().max())
 
 
+def test_fast_convolutions_give_the_same_gradients(real, tmp_path):
+    a = grads_of(real, tmp_path, "unroll", fast_conv=False)
+    b = grads_of(real, tmp_path, "recompute", fast_conv=True)
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    assert torch.allclose(a["images"], b["images"], atol=1e-5 * a["images"].abs().max(), rtol=1e-4)
+    assert torch.allclose(a["lr"], b["lr"], rtol=1e-4, atol=1e-10)
+
+
 def test_alpha_is_learned_saved_and_bounded(real, tmp_path):
     a = make(real, tmp_path, lr_lr=1e3, lr_bounds=(1e-3, 0.02))
     for i in range(3):
