@@ -90,6 +90,10 @@ class Algorithm:
     def synthetic(self) -> SyntheticSet:
         raise NotImplementedError
 
+    def notes(self) -> list[str]:
+        """Things the user should know about the finished run (the driver prints them)."""
+        return []
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit-for-bit (tensors, optimizer and generator states)."""
         return {"generator": self.ctx.generator.get_state()}

@@ -138,6 +138,7 @@ class MTT(Algorithm):
             self.soft = y.to(dev).detach().requires_grad_(True)
             self.opt_y = torch.optim.SGD([self.soft], lr=cfg.lr_y, momentum=0.9)
         self.aug = make_dsa(cfg.dsa, info.allow_flip)
+        self.skipped = 0  # iterations the loss gate refused
 
     def initial_images(self) -> tuple[Tensor, Tensor | None]:
         """Initial images [K * ipc, C, H, W] and, for soft labels, initial logits [K * ipc, K]."""
@@ -266,15 +267,27 @@ class MTT(Algorithm):
         for opt in self.optimizers():
             opt.zero_grad(set_to_none=True)
         grads = unroll if cfg.memory == "unroll" else recompute
-        loss = grads(self, start, plan, targets, scale)
-        gate_open = not cfg.loss_gate or bool(loss <= cfg.loss_gate)  # the gate alone needs the value on the host
+        terms = grads(self, start, plan, targets, scale)  # [final point, intermediate points...]
+        # DATM's gate reads the final point's normalized loss (the one DATM has); only it syncs the host
+        gate_open = not cfg.loss_gate or bool(terms[0] <= cfg.loss_gate)
+        self.skipped += 0 if gate_open else 1
         if gate_open:
             for opt in self.optimizers():
                 opt.step()
             with torch.no_grad():
                 lo, hi = cfg.lr_bounds
                 self.log_lr.clamp_(math.log(lo), math.log(hi))
-        return {"loss": loss, "lr": self.log_lr.detach().exp(), "start": float(t)}
+        return {"loss": terms.sum(), "lr": self.log_lr.detach().exp(), "start": float(t)}
+
+    def notes(self) -> list[str]:
+        cfg: MTTConfig = self.cfg  # type: ignore[assignment]
+        if not cfg.loss_gate:
+            return []
+        note = f"The loss gate ({cfg.loss_gate}) skipped {self.skipped} of {cfg.iters} iterations."
+        if self.skipped == cfg.iters:
+            note += (" No iteration updated the set: the student never got within the gate of the expert "
+                     "(inner_momentum with plain-SGD experts overshoots, for one). Raise loss_gate or set it to 0.")
+        return [note]
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.opt_img, self.opt_lr] + ([self.opt_y] if self.soft is not None else [])
@@ -292,7 +305,7 @@ class MTT(Algorithm):
 
     def state_dict(self) -> dict[str, Any]:
         s = {**super().state_dict(), "images": self.images.detach().cpu().clone(), "log_lr": self.log_lr.detach().cpu(),
-             "opt_img": self.opt_img.state_dict(), "opt_lr": self.opt_lr.state_dict()}
+             "opt_img": self.opt_img.state_dict(), "opt_lr": self.opt_lr.state_dict(), "skipped": self.skipped}
         if self.soft is not None:
             s["soft"] = self.soft.detach().cpu().clone()
             s["opt_y"] = self.opt_y.state_dict()
@@ -306,6 +319,7 @@ class MTT(Algorithm):
             self.log_lr.copy_(state["log_lr"].to(self.log_lr.device))
         self.opt_img.load_state_dict(state["opt_img"])
         self.opt_lr.load_state_dict(state["opt_lr"])
+        self.skipped = state.get("skipped", 0)
         if self.soft is not None:
             with torch.no_grad():
                 self.soft.copy_(state["soft"].to(self.soft.device))
@@ -317,7 +331,8 @@ class MTT(Algorithm):
 
 
 def matching_loss(thetas: dict[int, Tensor], targets: list[tuple[int, Tensor, Tensor]]) -> Tensor:
-    return sum((thetas[step] - target).square().sum() * inv for step, target, inv in targets)  # type: ignore[return-value]
+    """The normalized distance at every matching point, [len(targets)] (the final point first)."""
+    return torch.stack([(thetas[step] - target).square().sum() * inv for step, target, inv in targets])
 
 
 def unroll(algo: MTT, start: Tensor, plan, targets, scale: float) -> Tensor:
@@ -335,9 +350,9 @@ def unroll(algo: MTT, start: Tensor, plan, targets, scale: float) -> Tensor:
         theta = theta - alpha * buf
         if n + 1 in wanted:
             kept[n + 1] = theta
-    total = matching_loss(kept, targets)
-    total.backward()
-    return total.detach()
+    terms = matching_loss(kept, targets)
+    terms.sum().backward()
+    return terms.detach()
 
 
 def recompute(algo: MTT, start: Tensor, plan, targets, scale: float) -> Tensor:
@@ -360,8 +375,8 @@ def recompute(algo: MTT, start: Tensor, plan, targets, scale: float) -> Tensor:
         thetas.append(theta.detach() - alpha * bufs[-1])
         thetas[-2] = theta.detach()
     matched = {step: thetas[step].clone().requires_grad_(True) for step, _, _ in targets}
-    total = matching_loss(matched, targets)
-    seeds = dict(zip(matched, torch.autograd.grad(total, list(matched.values()))))
+    terms = matching_loss(matched, targets)
+    seeds = dict(zip(matched, torch.autograd.grad(terms.sum(), list(matched.values()))))
     lt = seeds.get(len(plan), torch.zeros_like(start))
     lb = torch.zeros_like(start)
     d_alpha = torch.zeros((), device=start.device)
@@ -385,7 +400,7 @@ def recompute(algo: MTT, start: Tensor, plan, targets, scale: float) -> Tensor:
             lt = lt + seeds[n]
     # d L / d log(alpha) = alpha d L / d alpha
     algo.log_lr.grad = (alpha * d_alpha).reshape(())
-    return total.detach()
+    return terms.detach()
 
 
 def kmeans(x: Tensor, k: int, g: torch.Generator, iters: int = 25) -> Tensor:

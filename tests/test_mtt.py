@@ -44,7 +44,7 @@ def grads_of(real, tmp_path, memory, **over):
     targets = a.targets(expert, 0)
     from algorithms import mtt
 
-    loss = (mtt.unroll if memory == "unroll" else mtt.recompute)(a, start, plan, targets, 1.3)
+    loss = (mtt.unroll if memory == "unroll" else mtt.recompute)(a, start, plan, targets, 1.3).sum()
     out = {"images": a.images.grad.clone(), "lr": a.log_lr.grad.clone(), "loss": loss}
     if a.soft is not None:
         out["soft"] = a.soft.grad.clone()
@@ -116,6 +116,13 @@ def test_window_grows_and_gate_skips(real, tmp_path):
     before = gated.images.detach().clone()
     gated.step(0)
     assert torch.equal(before, gated.images)
+    assert "skipped 1 of" in gated.notes()[0]
+    # with the intermediate loss on, the gate still reads the final point's normalized loss (about 1
+    # here, where the sum of both points is about 2), so a gate of 1.5 lets the step through
+    both = make(real, tmp_path, loss_gate=1.5, middle_loss=True, syn_steps=2)
+    before = both.images.detach().clone()
+    logs = both.step(0)
+    assert float(logs["loss"]) > 1.5 and not torch.equal(before, both.images) and both.skipped == 0
 
 
 def test_kmeans_finds_separated_clusters():
