@@ -281,7 +281,7 @@ class MTT(Algorithm):
 
     def notes(self) -> list[str]:
         cfg: MTTConfig = self.cfg  # type: ignore[assignment]
-        if not cfg.loss_gate:
+        if not cfg.loss_gate or not self.skipped:
             return []
         note = f"The loss gate ({cfg.loss_gate}) skipped {self.skipped} of {cfg.iters} iterations."
         if self.skipped == cfg.iters:

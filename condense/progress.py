@@ -6,6 +6,7 @@ a reporter and wraps its loop in `reporter.task(...)`.
 """
 from __future__ import annotations
 
+import sys
 import time
 
 from contextlib import contextmanager
@@ -25,6 +26,10 @@ class Reporter:
 
     def log(self, message: str) -> None:
         pass
+
+    def warn(self, message: str) -> None:
+        """Something about a finished job the user must see: printed even when quiet."""
+        print(f"warning: {message}", file=sys.stderr)
 
 
 class RichReporter(Reporter):
@@ -83,6 +88,9 @@ class RichReporter(Reporter):
     def log(self, message: str) -> None:
         if not self.quiet:
             self.console.print(message)
+
+    def warn(self, message: str) -> None:
+        self.console.print(f"[yellow]warning:[/yellow] {message}")
 
 
 def _fmt(key: str, value: Any) -> str:

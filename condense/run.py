@@ -114,8 +114,11 @@ def run_distill(algo, spec: RunSpec, reporter: Reporter | None = None,
             if spec.ckpt_every and (it + 1) % spec.ckpt_every == 0 and it + 1 < cfg.iters:
                 checkpoint(it + 1)
     synth = algo.synthetic()
-    for note in algo.notes():
-        reporter.log(note)
+    notes = algo.notes()
+    for note in notes:
+        reporter.warn(note)
+    if notes:  # the file keeps them too
+        synth.meta.config = {**synth.meta.config, "notes": notes}
     synth.meta.config = {**synth.meta.config, "seconds": round(time.time() - t0, 2), "preset": spec.preset}
     synth.save(spec.out)
     ckpt_path.unlink(missing_ok=True)

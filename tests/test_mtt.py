@@ -125,6 +125,16 @@ def test_window_grows_and_gate_skips(real, tmp_path):
     assert float(logs["loss"]) > 1.5 and not torch.equal(before, both.images) and both.skipped == 0
 
 
+def test_a_gate_that_refuses_everything_is_reported_and_kept_in_the_file(real, tmp_path, capsys):
+    import condense
+    from condense.run import RunSpec, run_distill
+
+    out = tmp_path / "gated.h5"
+    run_distill(make(real, tmp_path, loss_gate=1e-9), RunSpec("mtt", ipc=1, out=out))
+    assert "skipped 2 of 2" in capsys.readouterr().err
+    assert "No iteration updated the set" in condense.load(out).meta.config["notes"][0]
+
+
 def test_kmeans_finds_separated_clusters():
     g = torch.Generator().manual_seed(0)
     centres = (torch.tensor([0.0, 0.0]), torch.tensor([5.0, 5.0]))
