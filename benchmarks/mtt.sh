@@ -6,11 +6,12 @@
 #   improved  IPC 10 with the AST/DATM options on (representative init, balanced and intermediate loss,
 #             weight perturbation; DATM's growing window and loss gate). Left out: AST's inner momentum
 #             (it pairs with momentum-trained smooth experts; against these plain-SGD experts the student
-#             overshoots and the gate refused every iteration of a first run) and DATM's learnable soft
+#             overshoots) and DATM's learnable soft
 #             labels (the hard-label protocol would ignore them; kd-static reads them)
 #   eval      dsa protocol (learned lr, 1000 epochs, final epoch; 5 runs at IPC 1, 3 at IPC 10 for time)
 #             next to random under the same protocol (baselines.sh)
-#   speed     unroll vs recompute, N = 10, 20, 40 at IPC 10 and N = 50 at IPC 1 (stand-in experts)
+#   speed     unroll vs recompute, N = 10, 20, 30, 40 at IPC 10 and N = 50 at IPC 1 (stand-in experts;
+#             IPC 1 N 50 and IPC 10 N 30 are the original's reference settings)
 # Run nothing else on the machine meanwhile (two 2-thread processes on 2 cores distort every timing).
 set -euo pipefail
 out=benchmarks/results
@@ -44,7 +45,7 @@ fi
 if run speed; then
   python benchmarks/speed_mtt.py 1 50 unroll --json-out "$out/speed_mtt.jsonl"
   python benchmarks/speed_mtt.py 1 50 recompute --json-out "$out/speed_mtt.jsonl"
-  for n in 10 20 40; do for m in unroll recompute; do
+  for n in 10 20 30 40; do for m in unroll recompute; do
     python benchmarks/speed_mtt.py 10 $n $m 2 --json-out "$out/speed_mtt.jsonl"
   done; done
 fi
