@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from algorithms.base import ALGORITHMS, AlgoConfig, Algorithm
+from algorithms.base import ALGORITHMS, AlgoConfig, Algorithm, PixelSGD
 from condense.augment import DEFAULT_STRATEGY, AugParams
 from condense.errors import CondenseError
 from condense.models import ConvNet, Network, build_model
@@ -101,7 +101,7 @@ class ClassMatching(Algorithm):
             raise CondenseError(f"init must be 'real' or 'noise', not '{cfg.init}'.")
         self.images = x.to(self.ctx.device).detach().requires_grad_(True)
         self.labels = torch.arange(k, device=self.ctx.device).repeat_interleave(cfg.ipc)
-        self.opt = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=cfg.momentum)
+        self.opt = PixelSGD(self.images, lr=cfg.lr_img, momentum=cfg.momentum)
         self.aug = self.ctx.augment(cfg.dsa, self.real)
 
     def net_kwargs(self) -> dict[str, Any]:

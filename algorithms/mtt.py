@@ -96,6 +96,9 @@ class MTTConfig(AlgoConfig):
             out.append("lr_bounds must be two increasing positive numbers")
         if not self.lr_bounds[0] <= self.lr_teacher <= self.lr_bounds[-1]:
             out.append("lr_teacher must lie within lr_bounds")
+        if self.loss_gate < 0:
+            out.append(f"loss_gate must be 0 (off) or positive (got {self.loss_gate}); a negative gate would "
+                       f"refuse every iteration")
         return out
 
     @property

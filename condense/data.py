@@ -240,23 +240,32 @@ DATASETS: Registry[Loader] = Registry("dataset")
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped), the MNIST family's format."""
+    """Read an IDX file (optionally gzipped), the MNIST family's format.
+
+    The values are decompressed straight into their final array (no intermediate bytes object
+    or copy): with the allocator tuned to keep freed memory, temporaries would stay resident."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            data = f.read()
-        zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+            zero, dtype, ndim = struct.unpack(">HBB", f.read(4))
+            if zero != 0 or dtype != 0x08:
+                raise CondenseError(f"{path} is not an unsigned-byte IDX file. Delete it and fetch the dataset "
+                                    f"again.")
+            shape = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
+            arr = np.empty(shape, dtype=np.uint8)
+            view, got = memoryview(arr.reshape(-1)), 0
+            while got < arr.size:
+                n = f.readinto(view[got:got + (1 << 20)])  # 1 MB pieces: gzip decompresses a read into a temporary
+                if not n:
+                    break
+                got += n
     except (OSError, EOFError, struct.error) as e:
         raise CondenseError(f"{path} cannot be read as an IDX file ({e}). Delete it and fetch the dataset "
                             f"again.") from None
-    if zero != 0 or dtype != 0x08:
-        raise CondenseError(f"{path} is not an unsigned-byte IDX file. Delete it and fetch the dataset again.")
-    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
-    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if arr.size != int(np.prod(shape)):
-        raise CondenseError(f"{path} is truncated ({arr.size} of {int(np.prod(shape))} values). "
+    if got != arr.size:
+        raise CondenseError(f"{path} is truncated ({got} of {arr.size} values). "
                             f"Delete it and fetch the dataset again.")
-    return arr.reshape(shape)
+    return arr
 
 
 def _find_idx(dirs: list[Path], stem: str) -> Path | None:
@@ -289,8 +298,8 @@ def _mnist_like(name: str, tv_folder: str, class_names: list[str], mean: float, 
             looked = roots + [Path(p) for p in SYSTEM_DIRS.get(name, [])]
             raise missing_dataset(name, looked, "Expected the four IDX files (train-images-idx3-ubyte[.gz], ...).")
         xtr, ytr, xte, yte = (read_idx(p) for p in found)  # type: ignore[arg-type]
-        train = Split(torch.from_numpy(xtr.copy()).unsqueeze(1), torch.from_numpy(ytr.astype(np.int64)))
-        test = Split(torch.from_numpy(xte.copy()).unsqueeze(1), torch.from_numpy(yte.astype(np.int64)))
+        train = Split(torch.from_numpy(xtr).unsqueeze(1), torch.from_numpy(ytr.astype(np.int64)))
+        test = Split(torch.from_numpy(xte).unsqueeze(1), torch.from_numpy(yte.astype(np.int64)))
         return train, test, info
 
     return load

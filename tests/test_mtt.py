@@ -152,3 +152,12 @@ def test_expert_recipes_and_real_expert_artifact(real, tmp_path):
     assert torch.equal(store.expert(real, "convnet", expert_recipe("mtt", 1).with_(batch=64), 0), traj)
     g = store.expert(real, "convnet", smooth.with_(epochs=1, batch=64), 0)
     assert math.isfinite(float(g.sum()))
+
+
+@pytest.mark.parametrize("bad, words", [({"loss_gate": -1.0}, "loss_gate"), ({"memory": "foo"}, "memory"),
+                                        ({"lr_teacher": 0.5}, "lr_teacher")])
+def test_out_of_range_settings_are_one_clear_error(real, tmp_path, bad, words):
+    from condense.errors import CondenseError
+
+    with pytest.raises(CondenseError, match=words):
+        make(real, tmp_path, **bad)
