@@ -155,7 +155,7 @@ def test_expert_recipes_and_real_expert_artifact(real, tmp_path):
 
 
 @pytest.mark.parametrize("bad, words", [({"loss_gate": -1.0}, "loss_gate"), ({"memory": "foo"}, "memory"),
-                                        ({"lr_teacher": 0.5}, "lr_teacher")])
+                                        ({"lr_teacher": 2.0}, "lr_teacher")])
 def test_out_of_range_settings_are_one_clear_error(real, tmp_path, bad, words):
     from condense.errors import CondenseError
 
