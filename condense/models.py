@@ -72,10 +72,52 @@ def make_act(kind: str) -> nn.Module:
     return acts[kind.lower()]()
 
 
+class _Halve(torch.autograd.Function):
+    """2x2 average pooling, stride 2, of an NCHW-contiguous map with even sides."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        b, c, h, w = x.shape
+        rows = x.view(b, c, h // 2, 2, w)
+        pairs = (rows[:, :, :, 0] + rows[:, :, :, 1]).view(b, c, h // 2, w // 2, 2)
+        return (pairs[..., 0] + pairs[..., 1]).mul_(0.25)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:  # type: ignore[override]
+        return _Double.apply(g)
+
+
+class _Double(torch.autograd.Function):
+    """The adjoint of `_Halve`: every value spread, divided by 4, over its 2x2 block."""
+
+    @staticmethod
+    def forward(ctx, g: Tensor) -> Tensor:  # type: ignore[override]
+        return (g * 0.25).repeat_interleave(2, -1).repeat_interleave(2, -2)
+
+    @staticmethod
+    def backward(ctx, u: Tensor) -> Tensor:  # type: ignore[override]
+        return _Halve.apply(u)
+
+
+class AvgPool2x2(nn.Module):
+    """`nn.AvgPool2d(2, 2)`, faster on CPU for NCHW maps.
+
+    PyTorch's CPU kernels for this pooling run at a few GB/s on NCHW tensors; two strided adds
+    forward and `repeat_interleave` backward are 2.3x / 1.9x faster here (ConvNet-3 training +9%,
+    measured; benchmarks/RESULTS.md). The two functions are each other's derivative, so every order
+    of derivative stays fast (trajectory matching differentiates through gradients). Channels-last
+    maps, where the native kernel is already fast, and odd sides use `F.avg_pool2d`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 4 and x.is_contiguous() and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0:
+            return _Halve.apply(x)
+        return F.avg_pool2d(x, 2, 2)
+
+
 def make_pool(kind: str) -> nn.Module:
     kind = kind.lower()
     if kind == "avgpool":
-        return nn.AvgPool2d(2, 2)
+        return AvgPool2x2()
     if kind == "maxpool":
         return nn.MaxPool2d(2, 2)
     if kind in ("none", "nopool"):

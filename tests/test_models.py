@@ -96,3 +96,25 @@ def test_higher_order_convolution_matches_autograd_to_third_order(stride, paddin
 
     for u, v in zip(third(torch.nn.functional.conv2d), third(conv2d_higher_order)):
         assert torch.allclose(u, v, rtol=1e-9, atol=1e-9)
+
+
+def test_fast_average_pooling_is_avg_pool2d_to_every_order_and_falls_back_where_it_must():
+    from condense.models import AvgPool2x2
+
+    pool = AvgPool2x2()
+    x = torch.randn(2, 3, 6, 8, dtype=torch.double, requires_grad=True)
+    assert torch.allclose(pool(x), torch.nn.functional.avg_pool2d(x, 2), atol=1e-12)
+    assert torch.autograd.gradcheck(pool, (x,))
+    assert torch.autograd.gradgradcheck(pool, (x,))
+    # channels-last and odd sides go to the native kernel (same values, floor semantics)
+    for t in (torch.randn(2, 3, 6, 8).contiguous(memory_format=torch.channels_last), torch.randn(2, 3, 7, 9)):
+        assert torch.allclose(pool(t), torch.nn.functional.avg_pool2d(t, 2), atol=1e-6)
+    # a ConvNet-3 trains the same through it, compiled or not (torch.compile traces the functions)
+    from condense.models import build_model
+
+    net = build_model("convnet", 1, 10, 28, seed=0, width=8)
+    xb = torch.randn(4, 1, 28, 28)
+    ref = torch.autograd.grad(net(xb).square().sum(), list(net.parameters()))
+    got = torch.autograd.grad(torch.compile(net)(xb).square().sum(), list(net.parameters()))
+    for a, b in zip(ref, got):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
