@@ -53,6 +53,8 @@ class MatchConfig(AlgoConfig):
     channels_last: bool = True  # run the sampled networks in channels-last layout (faster forward passes)
     compile: bool = True  # torch.compile the gradient-free real-side forward (falls back to eager if it fails)
     amp: str = "none"  # none | bf16: autocast the real-side forward to bfloat16 (faster; approximate)
+    syn_chunk: int = -1  # synthetic images per forward+backward, rounded to whole classes (0 = all at once);
+    # -1 = auto: 20 on CPU (bounds activation memory at high IPC), all at once elsewhere. Exact (per-class loss)
 
     def problems(self) -> list[str]:
         out = super().problems()
@@ -61,6 +63,8 @@ class MatchConfig(AlgoConfig):
                 out.append(f"{name} must be at least 1 (got {getattr(self, name)})")
         if self.lr_img <= 0:
             out.append(f"lr_img must be positive (got {self.lr_img})")
+        if self.syn_chunk < -1:
+            out.append(f"syn_chunk must be -1 (auto), 0 (all at once) or positive (got {self.syn_chunk})")
         if self.chunk < -1:
             out.append(f"chunk must be -1 (auto), 0 (all at once) or positive (got {self.chunk})")
         if self.amp not in ("none", "bf16"):
@@ -212,18 +216,32 @@ class ClassMatching(Algorithm):
         smallest = min(self.real.count(c) for c in range(self.real.info.num_classes))
         return min(self.cfg.batch_real, smallest)  # type: ignore[attr-defined]
 
+    def syn_groups(self, classes: list[int]) -> list[list[int]]:
+        """Classes whose synthetic images go forward and backward together. The loss is a sum of
+        per-class terms, so with per-image norms each group's backward is exact on its own and
+        only one group's activations are alive at a time; BatchNorm's statistics span all classes."""
+        cfg: MatchConfig = self.cfg  # type: ignore[assignment]
+        size = cfg.syn_chunk if cfg.syn_chunk >= 0 else (20 if self.ctx.device.type == "cpu" else 0)
+        if cfg.norm == "batchnorm" or size <= 0:
+            return [classes]
+        per = max(1, size // cfg.ipc)
+        return [classes[s:s + per] for s in range(0, len(classes), per)]
+
     def step(self, it: int) -> dict[str, float | Tensor]:
         cfg: MatchConfig = self.cfg  # type: ignore[assignment]
         net = self.sample_network()
         params = self.siamese_params()
         classes = list(range(self.real.info.num_classes))
         real = self.real_class_means(net, params, classes)
-        syn = self.syn_class_means(net, self.images, params, classes, cfg.ipc)
-        loss = torch.stack([self.class_loss(r, s) for r, s in zip(real, syn)]).sum()
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total = torch.zeros((), device=self.ctx.device)
+        for group in self.syn_groups(classes):
+            syn = self.syn_class_means(net, self.images, params, group, cfg.ipc)
+            loss = torch.stack([self.class_loss(real[c], s) for c, s in zip(group, syn)]).sum()
+            loss.backward()  # gradients of the groups add up in images.grad
+            total += loss.detach()
         self.opt.step()
-        return {"loss": loss.detach()}  # a tensor: the display reads it when it redraws, no sync per step
+        return {"loss": total}  # a tensor: the display reads it when it redraws, no sync per step
 
     def synthetic(self) -> SyntheticSet:
         return self.make_set(self.images, self.labels)

@@ -175,3 +175,19 @@ def test_datadam_and_dm_distil_without_importing_dynamo(data_root):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize("cls", [DM, DataDAM])
+def test_synthetic_side_in_class_groups_gives_the_same_images(real, cls):
+    """The loss is a sum over classes, so backward in groups of classes is exact with instance norm."""
+    out = []
+    for syn_chunk in (0, 2, 5):
+        a = make(cls, real, syn_chunk=syn_chunk, norm="instancenorm", compile=False)
+        assert len(a.syn_groups(list(range(10)))) == (1 if syn_chunk == 0 else 10 if syn_chunk == 2 else 5)
+        for i in range(2):
+            a.step(i)
+        out.append(a.images.detach().clone())
+    for x in out[1:]:
+        assert torch.allclose(out[0], x, atol=1e-5)
+    with pytest.raises(Exception, match="syn_chunk"):
+        make(DM, real, syn_chunk=-2)
