@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from algorithms.base import ALGORITHMS, AlgoConfig, Algorithm
+from algorithms.base import ALGORITHMS, AlgoConfig, Algorithm, PixelSGD
 from condense.augment import DEFAULT_STRATEGY, AugParams, make_dsa
 from condense.errors import CondenseError
 from condense.models import FlatParams, HigherOrderConvs
@@ -133,13 +133,13 @@ class MTT(Algorithm):
         x, y = self.initial_images()
         self.images = x.to(dev).detach().requires_grad_(True)
         self.log_lr = torch.tensor(math.log(cfg.lr_teacher), device=dev, requires_grad=True)
-        self.opt_img = torch.optim.SGD([self.images], lr=cfg.lr_img, momentum=0.5)
+        self.opt_img = PixelSGD(self.images, lr=cfg.lr_img, momentum=0.5)
         # the same first step on alpha as MTT's SGD(alpha, lr_lr): d/dlog(alpha) = alpha d/d(alpha)
-        self.opt_lr = torch.optim.SGD([self.log_lr], lr=cfg.lr_lr / cfg.lr_teacher ** 2, momentum=0.5)
+        self.opt_lr = PixelSGD(self.log_lr, lr=cfg.lr_lr / cfg.lr_teacher ** 2, momentum=0.5)
         self.soft = None
         if cfg.soft_labels:
             self.soft = y.to(dev).detach().requires_grad_(True)
-            self.opt_y = torch.optim.SGD([self.soft], lr=cfg.lr_y, momentum=0.9)
+            self.opt_y = PixelSGD(self.soft, lr=cfg.lr_y, momentum=0.9)
         self.aug = make_dsa(cfg.dsa, info.allow_flip)
         self.skipped = 0  # iterations the loss gate refused
 
@@ -292,7 +292,7 @@ class MTT(Algorithm):
                      "(inner_momentum with plain-SGD experts overshoots, for one). Raise loss_gate or set it to 0.")
         return [note]
 
-    def optimizers(self) -> list[torch.optim.Optimizer]:
+    def optimizers(self) -> list[PixelSGD]:
         return [self.opt_img, self.opt_lr] + ([self.opt_y] if self.soft is not None else [])
 
     # ---- results and state -------------------------------------------------------------------

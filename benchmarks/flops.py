@@ -5,7 +5,7 @@ and divides by the measured peak of one large convolution (benchmarks/eval_speed
 "needs" = FLOPs / (target time x peak) is the fraction of the peak the whole iteration would have to
 sustain to meet its target; above 1.0 the target cannot be met on this CPU in float32.
 
-    python benchmarks/flops.py [--peak GFLOP_PER_S] [--out benchmarks/results/flops.json]
+    python benchmarks/flops.py [--measure] [--peak GFLOP_PER_S] [--out benchmarks/results/flops.json]
 
 Without --peak, the peak (and the plain loop's time, issue 6's reference) is read from
 benchmarks/results/eval_speed_200ep_eager.json. Counting runs
@@ -32,10 +32,38 @@ from speed_mtt import RandomExperts  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--peak", type=float, default=None, help="GFLOP/s of one large convolution (default: measured file)")
+ap.add_argument("--measure", action="store_true",
+                help="also time a 4096x4096 matmul and ConvNet-3's middle convolution at batch 16, and use the "
+                     "fastest rate seen (needs an idle machine)")
 ap.add_argument("--out", default=None)
 args = ap.parse_args()
 speed = json.loads(Path("benchmarks/results/eval_speed_200ep_eager.json").read_text())
 peak = args.peak or speed["single conv peak gflop_per_s"]
+rates = {"conv 128->128 @16x16, batch 256 (eval_speed.py)": peak}
+
+
+def gflops(fn, flop: float, seconds: float = 5.0) -> float:
+    import time
+
+    fn()
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        fn()
+        n += 1
+    return flop * n / (time.perf_counter() - t0) / 1e9
+
+
+if args.measure:
+    from condense.runtime import tune_allocator
+
+    tune_allocator()
+    a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+    z, w = torch.randn(16, 128, 16, 16), torch.randn(128, 128, 3, 3)
+    with torch.no_grad():
+        rates["matmul 4096^3"] = gflops(lambda: a @ b, 2 * 4096**3)
+        rates["conv 128->128 @16x16, batch 16"] = gflops(lambda: F.conv2d(z, w, padding=1), 2 * 16 * 128 * 128 * 9 * 256)
+    peak = max(rates.values())
+print(json.dumps({"rates_gflop_per_s": {k: round(v, 1) for k, v in rates.items()}, "peak_used": round(peak, 1)}))
 loop_s = next(c["wall_s"] for c in speed["configs"] if not c["stack"] and not c["compile"])  # measured plain loop
 torch.manual_seed(0)
 real = load_dataset("fashion-mnist")
@@ -97,6 +125,7 @@ for ipc, ref in ((1, 1.3), (10, 1.7)):
 # stacking does the same arithmetic as the loop, so its floor is the loop's floor
 evaluation = 5 * (200 * train_step_flops(100) + 10 * forward_flops(1000))
 row(6, "5 runs x IPC 10 x 200 epochs, stacked (target 0.33x the plain loop)", evaluation, loop_s, 0.33)
-result = {"peak_gflop_per_s": peak, "threads": torch.get_num_threads(), "rows": rows}
+result = {"peak_gflop_per_s": round(peak, 1), "rates_gflop_per_s": {k: round(v, 1) for k, v in rates.items()},
+          "threads": torch.get_num_threads(), "rows": rows}
 if args.out:
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
