@@ -44,21 +44,24 @@ def main() -> None:
     measure(a, iters, {"algo": algo, "ipc": ipc, "settings": over}, out)
 
 
-def measure(a, iters: int, row: dict, out: str | None) -> dict:
-    """Initialize algorithm `a`, time `iters` steps (the first reported apart), print and append one
-    JSON line: `row` plus seconds per iteration, peak RSS and CPU times. Shared with speed_mtt.py."""
+def measure(a, iters: int, row: dict, out: str | None, warmup: int = 1) -> dict:
+    """Initialize algorithm `a`, run `warmup` steps untimed (the first reported apart: allocators and
+    the heap grow to their working size there), time the remaining steps, print and append one JSON
+    line: `row` plus seconds per iteration, peak RSS and CPU times. Shared with speed_mtt.py."""
     a.init()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     a.step(0)
     first = time.perf_counter() - t0
+    for i in range(1, warmup):
+        a.step(i)
     r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
-    for i in range(1, iters):
+    for i in range(warmup, iters):
         a.step(i)
-    dt = (time.perf_counter() - t0) / max(iters - 1, 1)
+    dt = (time.perf_counter() - t0) / max(iters - warmup, 1)
     r1 = resource.getrusage(resource.RUSAGE_SELF)
-    row = {**row, "iters_timed": iters - 1, "s_per_iter": round(dt, 3),
+    row = {**row, "iters_timed": iters - warmup, "warmup": warmup, "s_per_iter": round(dt, 3),
            "first_iter_s": round(first, 3), "peak_rss_mb": round(r1.ru_maxrss / 1024),
            "rss_before_distill_mb": round(rss_before / 1024),
            "user_s_per_iter": round((r1.ru_utime - r0.ru_utime) / max(iters - 1, 1), 3),

@@ -1,7 +1,7 @@
 """Trajectory matching: seconds per iteration and peak memory of `unroll` vs `recompute`, one fresh
 process per setting (so peak RSS belongs to that setting), on Fashion-MNIST with ConvNet-3.
 
-    python benchmarks/speed_mtt.py IPC SYN_STEPS MEMORY [ITERS] [key=value ...] [--json-out FILE]
+    python benchmarks/speed_mtt.py IPC SYN_STEPS MEMORY [ITERS] [key=value ...] [--warmup K] [--json-out FILE]
     for n in 10 20 40; do for m in unroll recompute; do
         python benchmarks/speed_mtt.py 10 $n $m --json-out benchmarks/results/speed_mtt.jsonl; done; done
 
@@ -41,10 +41,14 @@ class RandomExperts(Artifacts):
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    out = sys.argv[sys.argv.index("--json-out") + 1] if "--json-out" in sys.argv else None
-    if out in args:
-        args.remove(out)
+    argv, opts, args = sys.argv[1:], {}, []
+    while argv:
+        a = argv.pop(0)
+        if a.startswith("--"):
+            opts[a] = argv.pop(0)  # --json-out FILE, --warmup K
+        else:
+            args.append(a)
+    out, warmup = opts.get("--json-out"), int(opts.get("--warmup", 1))
     ipc, n, memory = int(args[0]), int(args[1]), args[2]
     iters = int(args[3]) if len(args) > 3 and "=" not in args[3] else 4
     over = dict(a.split("=", 1) for a in args[3:] if "=" in a)
@@ -53,7 +57,7 @@ def main() -> None:
     values = {"ipc": ipc, "iters": iters, "syn_steps": n, "memory": memory, "num_experts": 2, "max_start_epoch": 2,
               "expert_epochs": 2, **over}
     a = cls(config_from(cls, values), real, Context(seed=0, artifacts=RandomExperts()))
-    measure(a, iters, {"algo": "mtt", "ipc": ipc, "syn_steps": n, "memory": memory, "settings": over}, out)
+    measure(a, iters, {"algo": "mtt", "ipc": ipc, "syn_steps": n, "memory": memory, "settings": over}, out, warmup)
 
 if __name__ == "__main__":
     main()
