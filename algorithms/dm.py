@@ -232,7 +232,7 @@ class ClassMatching(Algorithm):
         net = self.sample_network()
         params = self.siamese_params()
         classes = list(range(self.real.info.num_classes))
-        real = self.real_class_means(net, params, classes)
+        real = dict(zip(classes, self.real_class_means(net, params, classes)))
         self.opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.ctx.device)
         for group in self.syn_groups(classes):

@@ -259,7 +259,7 @@ def read_idx(path: Path) -> np.ndarray:
                 if not n:
                     break
                 got += n
-    except (OSError, EOFError, struct.error) as e:
+    except (OSError, EOFError, struct.error, MemoryError, ValueError) as e:  # MemoryError/ValueError: absurd header
         raise CondenseError(f"{path} cannot be read as an IDX file ({e}). Delete it and fetch the dataset "
                             f"again.") from None
     if got != arr.size:

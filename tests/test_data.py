@@ -55,6 +55,11 @@ def test_unknown_dataset_and_truncated_idx_are_clear_errors(tmp_path):
         f.write(b"\x00\x00\x08\x03" + (10).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + b"\x00" * 100)
     with pytest.raises(CondenseError, match="truncated"):
         read_idx(bad)
+    huge = tmp_path / "h-idx3-ubyte.gz"  # a header claiming an impossible size is a corrupt file, not a crash
+    with gzip.open(huge, "wb") as f:
+        f.write(b"\x00\x00\x08\x03" + (4_000_000_000).to_bytes(4, "big") * 3)
+    with pytest.raises(CondenseError, match="cannot be read as an IDX file"):
+        read_idx(huge)
 
 
 def test_imagefolder_loads_train_and_val(tmp_path):
