@@ -1,7 +1,9 @@
 """How fast can a setting possibly run on this machine? Counts the convolution and matmul FLOPs of
 one iteration of every setting with a time target in issues 4-6 (torch's FlopCounterMode, forward,
 backward and double backward included; elementwise work is not counted, so the bound is generous)
-and divides by the measured peak of one large convolution (benchmarks/eval_speed.py). The ratio
+and divides by the machine's peak: the rate of one large convolution measured by
+benchmarks/eval_speed.py or, with --measure, the fastest of that, a 4096^3 matmul and ConvNet-3's
+middle convolution at batch 16, timed now. The ratio
 "needs" = FLOPs / (target time x peak) is the fraction of the peak the whole iteration would have to
 sustain to meet its target; above 1.0 the target cannot be met on this CPU in float32.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -43,8 +46,6 @@ rates = {"conv 128->128 @16x16, batch 256 (eval_speed.py)": peak}
 
 
 def gflops(fn, flop: float, seconds: float = 5.0) -> float:
-    import time
-
     fn()
     t0, n = time.perf_counter(), 0
     while time.perf_counter() - t0 < seconds:
