@@ -31,6 +31,7 @@ from algorithms.base import ALGORITHMS, AlgoConfig, Algorithm, PixelSGD
 from condense.augment import DEFAULT_STRATEGY, AugParams
 from condense.errors import CondenseError
 from condense.models import ConvNet, Network, build_model
+from condense.runtime import compile_fn
 from condense.synthetic import SyntheticSet
 
 Feats = list[Tensor]  # per-sample features: each [B, ...]
@@ -263,8 +264,8 @@ class _CompiledView:
 
     def __init__(self, net: Network) -> None:
         self.ok = True
-        self.embed = torch.compile(net.embed, dynamic=False)
-        self.features = torch.compile(net.features, dynamic=False)
+        self.embed = compile_fn(net.embed)
+        self.features = compile_fn(net.features)
 
 
 def split_means(feats: Feats, groups: int) -> list[Feats]:

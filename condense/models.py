@@ -50,6 +50,32 @@ class InstanceNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
 
+    def normalize_(self, y: Tensor) -> Tensor:
+        """`forward(y)` written over `y`, for gradient-free passes.
+
+        PyTorch's CPU `group_norm` and `var_mean` are slow on channels-last maps (6.8 / 8.9 ms
+        for 16 x 128 x 28 x 28 vs 0.55 ms NCHW, measured); seen as [B, H*W, C] rows, the
+        statistics are two cheap outer reductions and the affine map one in-place pass."""
+        b, c, h, w = y.shape
+        if y.requires_grad or not y.is_contiguous(memory_format=torch.channels_last) or y.is_contiguous():
+            return self(y)
+        rows = y.permute(0, 2, 3, 1).view(b, h * w, c)
+        mean = rows.sum(1).div_(h * w)
+        var = rows.square().sum(1).div_(h * w).sub_(mean.square()).clamp_min_(0)
+        scale = (var + self.eps).rsqrt_().mul_(self.weight)
+        shift = self.bias - mean * scale
+        return torch.addcmul(shift.view(b, c, 1, 1), y, scale.view(b, c, 1, 1), out=y)
+
+
+def norm_(norm: nn.Module, y: Tensor) -> Tensor:
+    """`norm(y)`, in place over `y` where the module allows it (gradient-free passes only)."""
+    return norm.normalize_(y) if isinstance(norm, InstanceNorm) else norm(y)
+
+
+def act_(act: nn.Module, y: Tensor) -> Tensor:
+    """`act(y)`, in place over `y` for ReLU (gradient-free passes only)."""
+    return torch.relu_(y) if isinstance(act, nn.ReLU) else act(y)
+
 
 def make_norm(kind: str, channels: int) -> nn.Module:
     kind = kind.lower()
@@ -245,8 +271,8 @@ class ConvNet(Network):
                 if affine is not None:
                     y = y.sub_(affine[0]).mul_(affine[1]).add_(affine[2])
                 else:  # one piece, or a per-sample norm: the module itself is exact
-                    y = norm(y)
-                y = torch.relu_(y) if isinstance(act, nn.ReLU) else act(y)
+                    y = norm_(norm, y)
+                y = act_(act, y)
                 reds.append(reduce(y))
                 outs.append(pool(y))
                 del y
@@ -255,9 +281,11 @@ class ConvNet(Network):
         return reduced, x.flatten(1)
 
     def embed(self, x: Tensor) -> Tensor:
-        """The embedding without keeping every block's activation alive (less memory)."""
+        """The embedding without keeping every block's activation alive (less memory); without
+        gradients, norm and activation work in place over the convolution's output (faster)."""
+        lean = not torch.is_grad_enabled() and not torch.compiler.is_compiling()  # the compiler fuses the plain ops better
         for conv, norm, act, pool in zip(self.convs, self.norms, self.acts, self.pools):
-            x = pool(act(norm(conv(x))))
+            x = pool(act_(act, norm_(norm, conv(x))) if lean else act(norm(conv(x))))
         return x.flatten(1)
 
 

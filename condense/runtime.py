@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import sys
+from typing import Any
 
 import torch
 
@@ -35,6 +37,22 @@ def tune_allocator() -> bool:
         return False
     _tuned = bool(ok)
     return _tuned
+
+
+def compile_fn(fn: Any) -> Any:
+    """`torch.compile(fn, dynamic=False)`, without importing Triton on a machine with no CUDA device.
+
+    Inductor generates C++ for the CPU and needs Triton only for GPU kernels, yet TorchDynamo
+    imports it when present: 63-73 MB of resident memory for nothing on a CPU-only machine
+    (measured here). A `None` entry in `sys.modules` makes that import fail cleanly, which
+    Inductor reads as "no Triton"; with a CUDA device, nothing is changed."""
+    if "triton" not in sys.modules and not torch.cuda.is_available():
+        sys.modules["triton"] = None  # type: ignore[assignment]
+        # torch then logs "triton not found" and, compiling, "No CUDA runtime is found": both
+        # notices say only that this machine has no GPU
+        logging.getLogger("torch.utils.flop_counter").setLevel(logging.ERROR)
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    return torch.compile(fn, dynamic=False)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

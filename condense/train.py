@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from condense.augment import DSA, make_dsa
 from condense.data import RealData
 from condense.errors import CondenseError
+from condense.runtime import compile_fn
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,7 @@ class _Forward:
 
     def __init__(self, model: nn.Module, compile: bool) -> None:
         self.model = model
-        self.compiled = torch.compile(model, dynamic=False) if compile else None
+        self.compiled = compile_fn(model) if compile else None
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.compiled is not None:

@@ -177,6 +177,29 @@ def test_datadam_and_dm_distil_without_importing_dynamo(data_root):
     assert out.stdout.strip().splitlines()[-1] == "False"
 
 
+def test_compiled_dm_runs_without_importing_triton_on_a_machine_without_cuda(data_root):
+    """Inductor's CPU code is C++; Triton (~70 MB resident) is only imported where CUDA exists."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch\n"
+            "import algorithms\n"
+            "from algorithms.base import Context, config_from\n"
+            "from condense.data import load_dataset\n"
+            f"real = load_dataset('fashion-mnist', data_root={str(data_root)!r})\n"
+            "cls = algorithms.ALGORITHMS.get('dm')\n"
+            "a = cls(config_from(cls, {'ipc': 1, 'iters': 2, 'batch_real': 4, 'width': 8, 'compile': True}),"
+            " real, Context(seed=0))\n"
+            "a.init(); a.step(0); a.step(1)\n"
+            "print(a._compiled.ok, torch.cuda.is_available(), sys.modules.get('triton', 'absent') is None)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    compiled, cuda, blocked = out.stdout.strip().splitlines()[-1].split()
+    assert compiled == "True"
+    assert blocked == ("False" if cuda == "True" else "True")
+    assert "triton" not in out.stderr.lower() and "CUDA runtime" not in out.stderr
+
+
 @pytest.mark.parametrize("cls", [DM, DataDAM])
 def test_synthetic_side_in_class_groups_gives_the_same_images(real, cls):
     """The loss is a sum over classes, so backward in groups of classes is exact with instance norm."""

@@ -78,6 +78,24 @@ def test_low_memory_forward_equals_one_big_forward_even_with_batchnorm(arch, chu
     assert torch.allclose(emb, emb2, atol=1e-4)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_gradient_free_embedding_works_in_place_and_equals_the_autograd_one(layout):
+    net = build_model("convnet", 1, 10, 28, seed=0).to(memory_format=layout)
+    with torch.no_grad():  # a non-trivial affine map, so the in-place path must apply it
+        for norm in net.norms:
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(6, 1, 28, 28).contiguous(memory_format=layout) * 3 + 1
+    before = x.clone()
+    reference = net.embed(x)
+    with torch.no_grad():
+        lean = net.embed(x)
+        _, low = net.features_lowmem(x, 4, lambda a: a.sum(1))
+    assert torch.equal(x, before)
+    assert torch.allclose(lean, reference, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(low, reference, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("stride,padding,groups", [(1, 1, 1), (2, 3, 2)])
 def test_higher_order_convolution_matches_autograd_to_third_order(stride, padding, groups):
     from condense.models import conv2d_higher_order
