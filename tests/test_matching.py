@@ -156,29 +156,9 @@ def test_pixel_sgd_is_torch_sgd_bit_for_bit_and_resumes_from_either_format():
         assert torch.equal(c, d)
 
 
-def test_datadam_and_dm_distil_without_importing_dynamo(data_root):
-    """Any torch optimizer imports TorchDynamo (~150 MB resident); methods that do not compile avoid it."""
-    import subprocess
-    import sys
-
-    code = ("import sys\n"
-            "import algorithms\n"
-            "from algorithms.base import Context, config_from\n"
-            "from condense.data import load_dataset\n"
-            f"real = load_dataset('fashion-mnist', data_root={str(data_root)!r})\n"
-            "for name in ('datadam', 'dm'):\n"
-            "    cls = algorithms.ALGORITHMS.get(name)\n"
-            "    a = cls(config_from(cls, {'ipc': 1, 'iters': 2, 'batch_real': 4, 'width': 8, 'compile': False}),"
-            " real, Context(seed=0))\n"
-            "    a.init(); a.step(0); a.step(1)\n"
-            "print('torch._dynamo' in sys.modules)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "False"
-
-
-def test_compiled_dm_runs_without_importing_triton_on_a_machine_without_cuda(data_root):
-    """Inductor's CPU code is C++; Triton (~70 MB resident) is only imported where CUDA exists."""
+def _two_tiny_steps_in_a_fresh_process(data_root, names: tuple[str, ...], compile: bool, report: str):
+    """Run two steps of tiny `names` distillations in a new Python process; return (stdout's last
+    line, stderr). What a process imports can only be observed from a clean start."""
     import subprocess
     import sys
 
@@ -187,17 +167,31 @@ def test_compiled_dm_runs_without_importing_triton_on_a_machine_without_cuda(dat
             "from algorithms.base import Context, config_from\n"
             "from condense.data import load_dataset\n"
             f"real = load_dataset('fashion-mnist', data_root={str(data_root)!r})\n"
-            "cls = algorithms.ALGORITHMS.get('dm')\n"
-            "a = cls(config_from(cls, {'ipc': 1, 'iters': 2, 'batch_real': 4, 'width': 8, 'compile': True}),"
+            f"for name in {names!r}:\n"
+            "    cls = algorithms.ALGORITHMS.get(name)\n"
+            f"    a = cls(config_from(cls, {{'ipc': 1, 'iters': 2, 'batch_real': 4, 'width': 8, 'compile': {compile}}}),"
             " real, Context(seed=0))\n"
-            "a.init(); a.step(0); a.step(1)\n"
-            "print(a._compiled.ok, torch.cuda.is_available(), sys.modules.get('triton', 'absent') is None)\n")
+            "    a.init(); a.step(0); a.step(1)\n"
+            f"print({report})\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    compiled, cuda, blocked = out.stdout.strip().splitlines()[-1].split()
+    return out.stdout.strip().splitlines()[-1], out.stderr
+
+
+def test_datadam_and_dm_distil_without_importing_dynamo(data_root):
+    """Any torch optimizer imports TorchDynamo (~150 MB resident); methods that do not compile avoid it."""
+    last, _ = _two_tiny_steps_in_a_fresh_process(data_root, ("datadam", "dm"), False, "'torch._dynamo' in sys.modules")
+    assert last == "False"
+
+
+def test_compiled_dm_runs_without_importing_triton_on_a_machine_without_cuda(data_root):
+    """Inductor's CPU code is C++; Triton (~70 MB resident) is only imported where CUDA exists."""
+    last, err = _two_tiny_steps_in_a_fresh_process(
+        data_root, ("dm",), True, "a._compiled.ok, torch.cuda.is_available(), sys.modules.get('triton', 0) is None")
+    compiled, cuda, blocked = last.split()
     assert compiled == "True"
     assert blocked == ("False" if cuda == "True" else "True")
-    assert "triton" not in out.stderr.lower() and "CUDA runtime" not in out.stderr
+    assert "triton" not in err.lower() and "CUDA runtime" not in err
 
 
 @pytest.mark.parametrize("cls", [DM, DataDAM])
