@@ -189,5 +189,7 @@ def coerce(value: Any, typ: Any, name: str) -> Any:
         if t.startswith("tuple"):
             return tuple(float(x) if "." in x or "e" in x else int(x) for x in value.split(",") if x)
     except ValueError:
-        raise CondenseError(f"Setting '{name}' expects a {t}, got '{value}'.") from None
+        kind = {"bool": "true or false", "int": "an integer", "float": "a number"}.get(
+            t.split("[")[0].split(" ")[0], "a comma-separated list of numbers")
+        raise CondenseError(f"Setting '{name}' expects {kind}, got '{value}'.") from None
     return value

@@ -56,5 +56,5 @@ def test_random_embed_and_bad_ipc(real, tmp_path):
         too_many.init()
     with pytest.raises(CondenseError, match="not a setting"):
         config_from(Random, {"lr_img": "3"})
-    with pytest.raises(CondenseError, match="expects a int"):
+    with pytest.raises(CondenseError, match="expects an integer"):
         config_from(Random, {"ipc": "ten"})
