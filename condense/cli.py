@@ -429,7 +429,7 @@ def _attach_teacher(settings, real, archs: str, epochs: int, num: int, dev, repo
     from condense.artifacts import Artifacts
     from evaluators.softlabel import load_teacher
 
-    store = Artifacts(cache, reporter, dev, compile=True)
+    store = Artifacts(cache, reporter, dev, compile=settings.compile)  # --no-compile reaches the teachers too
     settings.teacher = load_teacher(store, real, [a.strip() for a in archs.split(",") if a.strip()], epochs, num)
 
 
