@@ -94,6 +94,11 @@ class Algorithm:
         """Things the user should know about the finished run (the driver prints them)."""
         return []
 
+    def wants_huge_pages(self) -> bool:
+        """True when every step allocates and frees gigabytes on the CPU: page faults then cost
+        seconds per step, and the command-line driver restarts with transparent huge pages."""
+        return False
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit-for-bit (tensors, optimizer and generator states)."""
         return {"generator": self.ctx.generator.get_state()}

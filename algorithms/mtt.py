@@ -112,6 +112,12 @@ class MTT(Algorithm):
     name = "mtt"
     Config = MTTConfig
 
+    def wants_huge_pages(self) -> bool:
+        """`unroll` keeps every inner step's graph (13 GB at IPC 10, N = 30) and frees it per iteration:
+        with 2 MB pages its first iteration takes 21 s instead of 36 s and the others 16.2 s instead of
+        17.9 s (benchmarks/RESULTS.md §7). `recompute` stays small, and huge pages would enlarge it."""
+        return self.cfg.memory == "unroll" and self.ctx.device.type == "cpu"  # type: ignore[attr-defined]
+
     @classmethod
     def artifacts_needed(cls, cfg: MTTConfig) -> list[tuple[str, TrainConfig, int]]:  # type: ignore[override]
         return [(cfg.arch, expert_recipe(cfg.expert_recipe, cfg.expert_length), i) for i in range(cfg.num_experts)]

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import sys
 
-from condense.runtime import tune_allocator
+from condense import runtime
 
-tune_allocator()
+runtime.tune_allocator()
 
 import torch  # noqa: E402
 
@@ -57,7 +57,11 @@ def main() -> None:
     values = {"ipc": ipc, "iters": iters, "syn_steps": n, "memory": memory, "num_experts": 2, "max_start_epoch": 2,
               "expert_epochs": 2, **over}
     a = cls(config_from(cls, values), real, Context(seed=0, artifacts=RandomExperts()))
-    measure(a, iters, {"algo": "mtt", "ipc": ipc, "syn_steps": n, "memory": memory, "settings": over}, out, warmup)
+    runtime.restartable = True  # as the CLI does: unroll on the CPU re-runs itself with huge pages
+    if a.wants_huge_pages():
+        runtime.restart_with_huge_pages()
+    measure(a, iters, {"algo": "mtt", "ipc": ipc, "syn_steps": n, "memory": memory, "settings": over,
+                       "huge_pages": runtime.huge_pages_on()}, out, warmup)
 
 if __name__ == "__main__":
     main()

@@ -84,6 +84,7 @@ def _distill_one(algo: str, ipc: int, real, out: Path, preset: Optional[str], ov
     """Build the configured algorithm and run it through the driver (shared by distill and bench)."""
     import algorithms
     from algorithms.base import Context, config_from
+    from condense import runtime
     from condense.artifacts import Artifacts
     from condense.run import RunSpec, preset_values, run_distill
 
@@ -99,6 +100,10 @@ def _distill_one(algo: str, ipc: int, real, out: Path, preset: Optional[str], ov
     cfg = config_from(cls, values)
     ctx = Context(dev, seed, Artifacts(cache, reporter, dev, compile=True))
     algorithm = cls(cfg, real, ctx)
+    if algorithm.wants_huge_pages() and runtime.restartable and not runtime.huge_pages_chosen():
+        reporter.log("restarting with transparent huge pages (this run frees gigabytes every step; "
+                     "2 MB pages make that cheaper)")
+        runtime.restart_with_huge_pages()
     evaluate = None
     if eval_every:
         from evaluators.protocols import get_protocol
@@ -661,9 +666,10 @@ def main() -> None:
     import logging
     import traceback
 
-    from condense.runtime import tune_allocator
+    from condense import runtime
 
-    tune_allocator()
+    runtime.tune_allocator()
+    runtime.restartable = True
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # torch.compile's CUDA_HOME notice
     try:
         code = app(standalone_mode=False)

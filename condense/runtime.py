@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
 from typing import Any
 
@@ -53,6 +54,36 @@ def compile_fn(fn: Any) -> Any:
         logging.getLogger("torch.utils.flop_counter").setLevel(logging.ERROR)
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     return torch.compile(fn, dynamic=False)
+
+
+HUGE_PAGES = "glibc.malloc.hugetlb=1"  # glibc >= 2.35: malloc asks the kernel for transparent huge pages
+restartable = False  # set by the command-line entry point: only a whole CLI process may restart itself
+
+
+def huge_pages_on() -> bool:
+    return HUGE_PAGES in os.environ.get("GLIBC_TUNABLES", "")
+
+
+def huge_pages_chosen() -> bool:
+    """Whether the environment already sets the tunable, either way (`glibc.malloc.hugetlb=0` opts out)."""
+    return "glibc.malloc.hugetlb=" in os.environ.get("GLIBC_TUNABLES", "")
+
+
+def restart_with_huge_pages() -> None:
+    """Run this command line again, from the start, with glibc's huge-page tunable set.
+
+    glibc reads its tunables only at process start, and only a whole process may be replaced, so
+    this does nothing inside a library call, a test, off Linux, or when the environment already
+    sets the tunable either way (which also ends the restart after one round;
+    `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` keeps ordinary pages). Where the C library ignores the tunable
+    the run simply proceeds with ordinary pages."""
+    if not restartable or huge_pages_chosen() or not sys.platform.startswith("linux"):
+        return
+    env = dict(os.environ)
+    env["GLIBC_TUNABLES"] = ":".join(t for t in (env.get("GLIBC_TUNABLES"), HUGE_PAGES) if t)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, env)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

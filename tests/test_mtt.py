@@ -161,3 +161,25 @@ def test_out_of_range_settings_are_one_clear_error(real, tmp_path, bad, words):
 
     with pytest.raises(CondenseError, match=words):
         make(real, tmp_path, **bad)
+
+
+def test_unroll_on_cpu_restarts_the_cli_once_with_huge_pages(real, tmp_path):
+    """glibc reads its tunables at start only; a CLI process re-runs its own command line with them."""
+    import subprocess
+    import sys
+
+    from condense import runtime
+
+    assert make(real, tmp_path, memory="unroll").wants_huge_pages()
+    assert not make(real, tmp_path, memory="recompute").wants_huge_pages()
+    runtime.restart_with_huge_pages()  # inside a test (not the CLI entry point): nothing happens
+    code = ("import os\n"
+            "from condense import runtime\n"
+            "print('tunables', repr(os.environ.get('GLIBC_TUNABLES', '')))\n"
+            "runtime.restartable = True\n"
+            "runtime.restart_with_huge_pages()\n"
+            "print('running on')\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "GLIBC_TUNABLES"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["tunables ''", f"tunables '{runtime.HUGE_PAGES}'", "running on"]
