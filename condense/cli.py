@@ -669,7 +669,6 @@ def main() -> None:
     from condense import runtime
 
     runtime.tune_allocator()
-    runtime.restartable = True
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # torch.compile's CUDA_HOME notice
     try:
         code = app(standalone_mode=False)
@@ -695,4 +694,13 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    main()
+
+
+def entry() -> None:
+    """The `condense` executable: `main` in a process of its own, which may therefore restart itself
+    (see `condense.runtime.restart_with_huge_pages`); tests and notebooks call `main` and never do."""
+    from condense import runtime
+
+    runtime.restartable = True
     main()
