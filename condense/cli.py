@@ -252,6 +252,15 @@ def eval_(
         plot_report(report, plot)
 
 
+def _targets_of(s, settings) -> str:
+    """What a set's runs train towards under the protocol (the report's `targets`): evaluate_set's rule."""
+    if settings.protocol.labels == "hard":
+        return "hard labels"
+    if settings.protocol.labels == "static" and s.soft_labels is not None:
+        return f"the file's soft labels ({s.soft_attrs.get('kind', 'logits')})"
+    return "teacher"
+
+
 def _evaluate(sets: list, real, settings, baseline: bool, no_decode: bool, reporter):
     """Evaluate (path, SyntheticSet) pairs and, if asked, the random baseline of each IPC: a Report."""
     from evaluators.report import Report, Row
@@ -266,7 +275,7 @@ def _evaluate(sets: list, real, settings, baseline: bool, no_decode: bool, repor
         report.rows.append(Row(method, s.meta.ipc, str(path), res, settings.select,
                                extra={"train_images": len(s), "stored_images": s.stored_images(),
                                       "compiled": settings.compile, "stacked": settings.stack,
-                                      "labels": settings.protocol.labels,
+                                      "labels": settings.protocol.labels, "targets": _targets_of(s, settings),
                                       **({"teacher": settings.teacher.description} if settings.teacher else {})}))
     if baseline:
         done = set()

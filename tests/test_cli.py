@@ -152,9 +152,15 @@ def test_eval_says_when_stored_soft_labels_are_not_used(monkeypatch, capsys, dat
     s = condense.load(out)
     s.soft_labels = __import__("torch").randn(len(s), 10)
     s.save(out)
-    code, text, err = cli(monkeypatch, capsys, "eval", out, "--runs", "1", "--epochs", "1", "--data-root", data_root)
+    code, text, err = cli(monkeypatch, capsys, "eval", out, "--runs", "1", "--epochs", "1", "--data-root", data_root,
+                          "--json", tmp_path / "hard.json")
     assert code == 0, err
     assert "stores soft labels" in " ".join((text + err).split())
+    assert json.loads((tmp_path / "hard.json").read_text())["rows"][0]["targets"] == "hard labels"
+    code, _, err = cli(monkeypatch, capsys, "eval", out, "--protocol", "kd-static", "--runs", "1", "--epochs", "1",
+                       "--data-root", data_root, "--json", tmp_path / "soft.json", "--quiet")
+    assert code == 0, err
+    assert json.loads((tmp_path / "soft.json").read_text())["rows"][0]["targets"] == "the file's soft labels (logits)"
 
 
 def test_eval_soft_label_protocol_and_ars(monkeypatch, capsys, data_root, tmp_path):
@@ -169,6 +175,7 @@ def test_eval_soft_label_protocol_and_ars(monkeypatch, capsys, data_root, tmp_pa
     assert doc["protocol"]["labels"] == "static" and doc["protocol"]["name"].startswith("kd-static")
     syn = next(r for r in doc["rows"] if r["method"] == "random")
     assert syn["labels"] == "static" and syn["teacher"]["members"][0]["arch"] == "convnet"
+    assert syn["targets"] == "teacher"
     assert 0 <= syn["scores"]["convnet"]["ARS"] <= 1 and "ARS" in text
     code, _, err = cli(monkeypatch, capsys, "eval", out, "--protocol", "kd-sre2l", "--epochs", "1", "--runs", "1",
                        "--teacher-epochs", "1", "--baseline", "random", "--full-acc", "93", "--data-root", data_root,
