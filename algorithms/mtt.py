@@ -113,9 +113,9 @@ class MTT(Algorithm):
     Config = MTTConfig
 
     def wants_huge_pages(self) -> bool:
-        """`unroll` keeps every inner step's graph (13 GB at IPC 10, N = 30) and frees it per iteration:
-        with 2 MB pages its first iteration takes 21 s instead of 36 s and the others 16.2 s instead of
-        17.9 s (benchmarks/RESULTS.md §7). `recompute` stays small, and huge pages would enlarge it."""
+        """`unroll` keeps every inner step's graph (14 GB at IPC 10, N = 30) and frees it per iteration:
+        with 2 MB pages an iteration takes 16.6 s instead of 18.1 s there (means of 3 and 2 runs,
+        benchmarks/RESULTS.md §7). `recompute` stays small, and huge pages would enlarge it."""
         return self.cfg.memory == "unroll" and self.ctx.device.type == "cpu"  # type: ignore[attr-defined]
 
     @classmethod

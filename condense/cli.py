@@ -702,10 +702,6 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-if __name__ == "__main__":
-    main()
-
-
 def entry() -> None:
     """The `condense` executable: `main` in a process of its own, which may therefore restart itself
     (see `condense.runtime.restart_with_huge_pages`); tests and notebooks call `main` and never do."""
@@ -713,3 +709,7 @@ def entry() -> None:
 
     runtime.restartable = True
     main()
+
+
+if __name__ == "__main__":
+    entry()
