@@ -59,7 +59,7 @@ def main() -> None:
     a = cls(config_from(cls, values), real, Context(seed=0, artifacts=RandomExperts()))
     runtime.restartable = True  # as the CLI does: unroll on the CPU re-runs itself with huge pages
     if a.wants_huge_pages():
-        runtime.restart_with_huge_pages()
+        runtime.restart_with_huge_pages(print)
     measure(a, iters, {"algo": "mtt", "ipc": ipc, "syn_steps": n, "memory": memory, "settings": over,
                        "huge_pages": runtime.huge_pages_on()}, out, warmup)
 

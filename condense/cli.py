@@ -100,10 +100,8 @@ def _distill_one(algo: str, ipc: int, real, out: Path, preset: Optional[str], ov
     cfg = config_from(cls, values)
     ctx = Context(dev, seed, Artifacts(cache, reporter, dev, compile=True))
     algorithm = cls(cfg, real, ctx)
-    if algorithm.wants_huge_pages() and runtime.restartable and not runtime.huge_pages_chosen():
-        reporter.log("restarting with transparent huge pages (this run frees gigabytes every step; "
-                     "2 MB pages make that cheaper)")
-        runtime.restart_with_huge_pages()
+    if algorithm.wants_huge_pages():
+        runtime.restart_with_huge_pages(reporter.log)
     evaluate = None
     if eval_every:
         from evaluators.protocols import get_protocol

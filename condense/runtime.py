@@ -12,7 +12,7 @@ import ctypes.util
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -69,16 +69,19 @@ def huge_pages_chosen() -> bool:
     return "glibc.malloc.hugetlb=" in os.environ.get("GLIBC_TUNABLES", "")
 
 
-def restart_with_huge_pages() -> None:
+def restart_with_huge_pages(announce: Callable[[str], None] | None = None) -> None:
     """Run this command line again, from the start, with glibc's huge-page tunable set.
 
     glibc reads its tunables only at process start, and only a whole process may be replaced, so
     this does nothing inside a library call, a test, off Linux, or when the environment already
     sets the tunable either way (which also ends the restart after one round;
-    `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` keeps ordinary pages). Where the C library ignores the tunable
-    the run simply proceeds with ordinary pages."""
+    `GLIBC_TUNABLES=glibc.malloc.hugetlb=0` keeps ordinary pages). Where the C library ignores the
+    tunable the run simply proceeds with ordinary pages. `announce` gets a one-line notice first."""
     if not restartable or huge_pages_chosen() or not sys.platform.startswith("linux"):
         return
+    if announce is not None:
+        announce("restarting with transparent huge pages (this run frees gigabytes every step; "
+                 "2 MB pages make that cheaper)")
     env = dict(os.environ)
     env["GLIBC_TUNABLES"] = ":".join(t for t in (env.get("GLIBC_TUNABLES"), HUGE_PAGES) if t)
     sys.stdout.flush()
