@@ -50,20 +50,32 @@ class InstanceNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return F.group_norm(x, x.shape[1], self.weight, self.bias, self.eps)
 
-    def normalize_(self, y: Tensor) -> Tensor:
-        """`forward(y)` written over `y`, for gradient-free passes.
+    def stats(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-sample, per-channel mean and (biased) variance of a gradient-free map, each [B, C].
 
         PyTorch's CPU `group_norm` and `var_mean` are slow on channels-last maps (6.8 / 8.9 ms
         for 16 x 128 x 28 x 28 vs 0.55 ms NCHW, measured); seen as [B, H*W, C] rows, the
-        statistics are two cheap outer reductions and the affine map one in-place pass."""
+        statistics are two cheap outer reductions."""
         b, c, h, w = y.shape
-        if y.requires_grad or not y.is_contiguous(memory_format=torch.channels_last) or y.is_contiguous():
-            return self(y)
+        if not y.is_contiguous(memory_format=torch.channels_last) or y.is_contiguous():
+            var, mean = torch.var_mean(y, (2, 3), correction=0)
+            return mean, var
         rows = y.permute(0, 2, 3, 1).view(b, h * w, c)
         mean = rows.sum(1).div_(h * w)
         var = rows.square().sum(1).div_(h * w).sub_(mean.square()).clamp_min_(0)
+        return mean, var
+
+    def scale_shift(self, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
+        """The norm as one affine map per sample and channel: y -> scale * y + shift, each [B, C]."""
         scale = (var + self.eps).rsqrt_().mul_(self.weight)
-        shift = self.bias - mean * scale
+        return scale, self.bias - mean * scale
+
+    def normalize_(self, y: Tensor) -> Tensor:
+        """`forward(y)` written over `y`, for gradient-free channels-last passes (see `stats`)."""
+        b, c = y.shape[:2]
+        if y.requires_grad or not y.is_contiguous(memory_format=torch.channels_last) or y.is_contiguous():
+            return self(y)
+        scale, shift = self.scale_shift(*self.stats(y))
         return torch.addcmul(shift.view(b, c, 1, 1), y, scale.view(b, c, 1, 1), out=y)
 
 
@@ -75,6 +87,52 @@ def norm_(norm: nn.Module, y: Tensor) -> Tensor:
 def act_(act: nn.Module, y: Tensor) -> Tensor:
     """`act(y)`, in place over `y` for ReLU (gradient-free passes only)."""
     return torch.relu_(y) if isinstance(act, nn.ReLU) else act(y)
+
+
+def conv_output_stats(conv: nn.Conv2d, x: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Per-sample, per-channel mean and variance of `conv(x)`, each [B, C], without running it, when
+    the convolution has few inputs per output (a first layer: 9 for grey 3x3, 27 for RGB).
+
+    Every output value is w_c . p + b_c for an input patch p, so its mean over positions is
+    w_c . mean(p) + b_c and its variance w_c^T Cov(p) w_c: one small patch covariance per image
+    instead of reading the (large, early) output map twice. None when this does not apply."""
+    k = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    if conv.groups != 1 or k > 32 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return None
+    (kh, kw), (sh, sw), (dh, dw), (ph, pw) = conv.kernel_size, conv.stride, conv.dilation, conv.padding
+    xp = F.pad(x, (pw, pw, ph, ph))
+    oh, ow = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1, (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    taps = [xp[:, :, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
+            for i in range(kh) for j in range(kw)]
+    patches = torch.stack(taps, 2).reshape(x.shape[0], k, oh * ow)  # [B, k, L]; 3x faster than F.unfold here
+    mean_p = patches.mean(2, keepdim=True)
+    centered = patches - mean_p
+    cov = centered @ centered.transpose(1, 2) / patches.shape[2]  # [B, k, k]
+    w = conv.weight.reshape(conv.out_channels, k)
+    mean = (mean_p.squeeze(2) @ w.T).add_(conv.bias) if conv.bias is not None else mean_p.squeeze(2) @ w.T
+    var = ((cov @ w.T) * w.T).sum(1).clamp_min_(0)  # [B, C]: w_c^T Cov w_c
+    return mean, var
+
+
+def lean_block(conv: nn.Conv2d, norm: nn.Module, act: nn.Module, pool: nn.Module, x: Tensor) -> Tensor:
+    """`pool(act(norm(conv(x))))` for gradient-free passes, in as few passes over the convolution's
+    output as possible (on a CPU these passes, not the arithmetic, are what is slow).
+
+    For instance norm, ReLU and average or max pooling with positive norm weights (every fresh
+    network has weight 1): the norm is y -> s (y - u) per sample and channel with s > 0, so
+    relu(s (y - u)) = s (max(y, u) - u), and both poolings commute with a positive affine map. One
+    in-place clamp over the full map, the pooling, then the affine map on the 4x smaller result.
+    A first layer's statistics come from its input (`conv_output_stats`)."""
+    if not (isinstance(norm, InstanceNorm) and isinstance(act, nn.ReLU)
+            and isinstance(pool, (AvgPool2x2, nn.MaxPool2d)) and bool((norm.weight > 0).all())):
+        return pool(act_(act, norm_(norm, conv(x))))
+    known = conv_output_stats(conv, x)
+    y = conv(x)
+    b, c = y.shape[:2]
+    scale, shift = norm.scale_shift(*(known or norm.stats(y)))
+    y.clamp_min_((-shift / scale).view(b, c, 1, 1))  # u = -shift / scale
+    p = pool(y)
+    return torch.addcmul(shift.view(b, c, 1, 1), p, scale.view(b, c, 1, 1), out=p)
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -285,7 +343,7 @@ class ConvNet(Network):
         gradients, norm and activation work in place over the convolution's output (faster)."""
         lean = not torch.is_grad_enabled() and not torch.compiler.is_compiling()  # the compiler fuses the plain ops better
         for conv, norm, act, pool in zip(self.convs, self.norms, self.acts, self.pools):
-            x = pool(act_(act, norm_(norm, conv(x))) if lean else act(norm(conv(x))))
+            x = lean_block(conv, norm, act, pool, x) if lean else pool(act(norm(conv(x))))
         return x.flatten(1)
 
 

@@ -96,6 +96,39 @@ def test_gradient_free_embedding_works_in_place_and_equals_the_autograd_one(layo
     assert torch.allclose(low, reference, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("cin,k,stride,dilation,padding", [(1, 3, 1, 1, 3), (3, 3, 2, 1, 1), (1, 5, 1, 2, 2), (3, 3, 1, 1, 0)])
+def test_first_layer_statistics_from_the_input_equal_those_of_the_output(cin, k, stride, dilation, padding):
+    from condense.models import conv_output_stats
+
+    g = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(cin, 8, k, stride=stride, dilation=dilation, padding=padding).double()
+    x = torch.randn(4, cin, 13, 13, generator=g, dtype=torch.double) * 2 + 1
+    var, mean = torch.var_mean(conv(x), (2, 3), correction=0)
+    got_mean, got_var = conv_output_stats(conv, x)
+    assert torch.allclose(got_mean, mean) and torch.allclose(got_var, var)
+    assert conv_output_stats(torch.nn.Conv2d(4, 8, 3, groups=2), x) is None  # grouped: not covered
+    assert conv_output_stats(torch.nn.Conv2d(16, 8, 3), x) is None  # 144 inputs per output: not worth it
+
+
+@pytest.mark.parametrize("pool", ["avgpool", "maxpool"])
+@pytest.mark.parametrize("signs", ["positive", "mixed"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_lean_block_equals_the_plain_block(pool, signs, layout):
+    """The clamp-then-pool rewrite holds for positive norm weights; other weights take the plain path."""
+    from condense.models import lean_block
+
+    net = build_model("convnet", 3, 10, 32, seed=1, pool=pool).to(memory_format=layout)
+    with torch.no_grad():
+        for norm in net.norms:
+            norm.weight.uniform_(0.5, 1.5) if signs == "positive" else norm.weight.uniform_(-1, 1)
+            norm.bias.uniform_(-0.5, 0.5)
+        x = (torch.randn(5, 3, 32, 32) * 2 + 0.5).contiguous(memory_format=layout)
+        for conv, norm, act, pool_ in zip(net.convs, net.norms, net.acts, net.pools):
+            plain = pool_(act(norm(conv(x))))
+            assert torch.allclose(lean_block(conv, norm, act, pool_, x), plain, rtol=1e-4, atol=1e-5)
+            x = plain
+
+
 @pytest.mark.parametrize("stride,padding,groups", [(1, 1, 1), (2, 3, 2)])
 def test_higher_order_convolution_matches_autograd_to_third_order(stride, padding, groups):
     from condense.models import conv2d_higher_order
