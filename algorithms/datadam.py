@@ -46,7 +46,7 @@ class DataDAMConfig(MatchConfig):
     chunk: int = 0  # BatchNorm statistics span all classes, as in the official code
     bn_chunk: int = 64  # ...but the real forward runs about this many images at a time, exactly (ConvNet.features_lowmem);
     # 64: peak 1.18 GB at IPC 1 (1.30 GB at 160), about 30% more time; RESULTS.md §3
-    compile: bool = False  # no gain measured for DataDAM's real forward
+    compile: str = "false"  # no gain measured for DataDAM's real forward
 
 
 @ALGORITHMS.register("datadam")

@@ -50,9 +50,11 @@ class MatchConfig(AlgoConfig):
     norm: str = "instancenorm"  # normalization of the sampled networks
     width: int = 128  # ConvNet width of the sampled networks
     chunk: int = -1  # real images per forward pass, rounded to whole classes (0 = all at once); -1 = auto:
-    # 16 on CPU (cache-sized pieces: 16% faster and 350 MB smaller than 256 on 2 cores, measured), 256 elsewhere
+    # 32 on CPU (cache-sized pieces; DM eager 0.96 s vs 1.01 s at 16 and 0.99 s at 64 per iteration on 2 cores,
+    # benchmarks/results/speed_matching_s14_chunk.jsonl), 256 elsewhere
     channels_last: bool = True  # run the sampled networks in channels-last layout (faster forward passes)
-    compile: bool = True  # torch.compile the gradient-free real-side forward (falls back to eager if it fails)
+    compile: str = "auto"  # torch.compile the gradient-free real-side forward: true | false | auto (= on CUDA
+    # always; on a CPU only for methods measured faster compiled). Falls back to eager if compiling fails
     amp: str = "none"  # none | bf16: autocast the real-side forward to bfloat16 (faster; approximate)
     syn_chunk: int = -1  # synthetic images per forward+backward, rounded to whole classes (0 = all at once);
     # -1 = auto: 20 on CPU (bounds activation memory at high IPC), all at once elsewhere. Exact (per-class loss)
@@ -70,6 +72,8 @@ class MatchConfig(AlgoConfig):
             out.append(f"chunk must be -1 (auto), 0 (all at once) or positive (got {self.chunk})")
         if self.amp not in ("none", "bf16"):
             out.append(f"amp must be none or bf16 (got {self.amp})")
+        if str(self.compile).lower() not in ("auto", "true", "false"):
+            out.append(f"compile must be auto, true or false (got {self.compile})")
         return out
 
 
@@ -77,6 +81,7 @@ class ClassMatching(Algorithm):
     """Base of DM, DataDAM and NCFM: learnable images `[K * ipc, C, H, W]`, class-sorted."""
 
     Config = MatchConfig
+    compile_on_cpu = True  # what compile=auto does on a CPU: the measured faster choice for the method
 
     # ---- what a method defines ---------------------------------------------------------------
 
@@ -149,13 +154,22 @@ class ClassMatching(Algorithm):
     def augment(self, x: Tensor, p: AugParams | None) -> Tensor:
         return x if p is None else self.aug(x, p)
 
+    @property
+    def compiles(self) -> bool:
+        """Whether the real-side forward is compiled (the `compile` setting, auto resolved)."""
+        setting = str(self.cfg.compile).lower()  # type: ignore[attr-defined]
+        if setting == "auto":
+            return self.ctx.device.type == "cuda" or self.compile_on_cpu
+        return setting == "true"
+
     def real_features(self, net: Network, x: Tensor) -> Feats:
         """phi on real images: no gradients, optionally compiled and in bfloat16."""
         cfg: MatchConfig = self.cfg  # type: ignore[assignment]
         view: Any = net
-        if cfg.compile and getattr(self, "_compiled_for", None) is not net:
+        compiles = self.compiles
+        if compiles and getattr(self, "_compiled_for", None) is not net:
             self._compiled_for, self._compiled = net, _CompiledView(net)
-        if cfg.compile and self._compiled.ok:
+        if compiles and self._compiled.ok:
             view = self._compiled
         ctx = torch.autocast(x.device.type, dtype=torch.bfloat16) if cfg.amp == "bf16" else nullcontext()
         with ctx:
@@ -208,7 +222,7 @@ class ClassMatching(Algorithm):
     def chunk(self) -> int:
         """Real images per forward pass: the setting, or for -1 the measured best of the device kind."""
         c = self.cfg.chunk  # type: ignore[attr-defined]
-        return c if c >= 0 else (16 if self.ctx.device.type == "cpu" else 256)
+        return c if c >= 0 else (32 if self.ctx.device.type == "cpu" else 256)
 
     @property
     def batch_real(self) -> int:
@@ -284,6 +298,9 @@ class DM(ClassMatching):
     """Distribution matching: class means of a random network's embedding."""
 
     name = "dm"
+    # On a CPU the in-place eager embedding (ConvNet.embed -> lean_block) runs within 3% of the compiled
+    # one and takes about 150 MB less (importing TorchDynamo alone costs 149 MB), so auto stays eager there.
+    compile_on_cpu = False
 
     def features(self, net: Network, x: Tensor) -> Feats:
         return [net.embed(x)]

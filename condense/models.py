@@ -70,6 +70,14 @@ class InstanceNorm(nn.Module):
         scale = (var + self.eps).rsqrt_().mul_(self.weight)
         return scale, self.bias - mean * scale
 
+    def positive(self) -> bool:
+        """Whether every weight is positive (so is a fresh network's). Checked again only when the
+        weights change, so a device does not synchronize on every call."""
+        key = (self.weight._version, self.weight.data_ptr())
+        if getattr(self, "_positive_key", None) != key:
+            self._positive_key, self._positive = key, bool((self.weight > 0).all())
+        return self._positive
+
     def normalize_(self, y: Tensor) -> Tensor:
         """`forward(y)` written over `y`, for gradient-free channels-last passes (see `stats`)."""
         b, c = y.shape[:2]
@@ -124,7 +132,7 @@ def lean_block(conv: nn.Conv2d, norm: nn.Module, act: nn.Module, pool: nn.Module
     in-place clamp over the full map, the pooling, then the affine map on the 4x smaller result.
     A first layer's statistics come from its input (`conv_output_stats`)."""
     if not (isinstance(norm, InstanceNorm) and isinstance(act, nn.ReLU)
-            and isinstance(pool, (AvgPool2x2, nn.MaxPool2d)) and bool((norm.weight > 0).all())):
+            and isinstance(pool, (AvgPool2x2, nn.MaxPool2d)) and norm.positive()):
         return pool(act_(act, norm_(norm, conv(x))))
     known = conv_output_stats(conv, x)
     y = conv(x)

@@ -45,10 +45,21 @@ def test_chunking_the_real_forward_is_exact_with_instance_norm(real):
 
 
 def test_auto_chunk_follows_the_device_and_bad_chunks_are_refused(real):
-    assert make(DM, real).chunk == 16  # -1 (the default) on a CPU context
+    assert make(DM, real).chunk == 32  # -1 (the default) on a CPU context
     assert make(DM, real, chunk=40).chunk == 40
     with pytest.raises(Exception, match="chunk must be -1"):
         make(DM, real, chunk=-3)
+
+
+def test_compile_auto_is_the_measured_choice_per_method_and_bad_values_are_refused(real):
+    from algorithms.ncfm import NCFM
+
+    assert not make(DM, real).compiles  # a CPU context: DM's in-place eager path
+    assert NCFM.compile_on_cpu  # NCFM measured faster compiled
+    assert make(DM, real, compile="true").compiles and make(DM, real, compile=True).compiles
+    assert not make(DataDAM, real).compiles
+    with pytest.raises(Exception, match="compile must be auto, true or false"):
+        make(DM, real, compile="sometimes")
 
 
 def test_dm_with_batchnorm_normalizes_over_all_classes_at_once(real):
@@ -162,6 +173,7 @@ def _two_tiny_steps_in_a_fresh_process(data_root, names: tuple[str, ...], compil
     import subprocess
     import sys
 
+    setting = "" if compile is None else f", 'compile': {compile}"  # None: the method's default
     code = ("import sys, torch\n"
             "import algorithms\n"
             "from algorithms.base import Context, config_from\n"
@@ -169,7 +181,7 @@ def _two_tiny_steps_in_a_fresh_process(data_root, names: tuple[str, ...], compil
             f"real = load_dataset('fashion-mnist', data_root={str(data_root)!r})\n"
             f"for name in {names!r}:\n"
             "    cls = algorithms.ALGORITHMS.get(name)\n"
-            f"    a = cls(config_from(cls, {{'ipc': 1, 'iters': 2, 'batch_real': 4, 'width': 8, 'compile': {compile}}}),"
+            f"    a = cls(config_from(cls, {{'ipc': 1, 'iters': 2, 'batch_real': 4, 'width': 8{setting}}}),"
             " real, Context(seed=0))\n"
             "    a.init(); a.step(0); a.step(1)\n"
             f"print({report})\n")
@@ -179,8 +191,9 @@ def _two_tiny_steps_in_a_fresh_process(data_root, names: tuple[str, ...], compil
 
 
 def test_datadam_and_dm_distil_without_importing_dynamo(data_root):
-    """Any torch optimizer imports TorchDynamo (~150 MB resident); methods that do not compile avoid it."""
-    last, _ = _two_tiny_steps_in_a_fresh_process(data_root, ("datadam", "dm"), False, "'torch._dynamo' in sys.modules")
+    """Any torch optimizer imports TorchDynamo (~150 MB resident); methods that do not compile avoid
+    it, and on a CPU neither compiles by default."""
+    last, _ = _two_tiny_steps_in_a_fresh_process(data_root, ("datadam", "dm"), None, "'torch._dynamo' in sys.modules")
     assert last == "False"
 
 

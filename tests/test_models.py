@@ -129,6 +129,18 @@ def test_lean_block_equals_the_plain_block(pool, signs, layout):
             x = plain
 
 
+def test_the_positive_weight_check_follows_in_place_changes():
+    from condense.models import InstanceNorm
+
+    norm = InstanceNorm(4)
+    assert norm.positive()
+    with torch.no_grad():
+        norm.weight[1] = -1.0
+    assert not norm.positive()
+    norm.load_state_dict({"weight": torch.ones(4), "bias": torch.zeros(4)})
+    assert norm.positive()
+
+
 @pytest.mark.parametrize("stride,padding,groups", [(1, 1, 1), (2, 3, 2)])
 def test_higher_order_convolution_matches_autograd_to_third_order(stride, padding, groups):
     from condense.models import conv2d_higher_order
