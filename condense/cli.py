@@ -702,11 +702,15 @@ def main() -> None:
 
 def entry() -> None:
     """The `condense` executable: `main` in a process of its own, which may therefore restart itself
-    (see `condense.runtime.restart_with_huge_pages`); tests and notebooks call `main` and never do."""
+    (see `condense.runtime.restart_with_huge_pages`) and ends without torch's C++ destructors
+    (`condense.runtime.exit_now`); tests and notebooks call `main` and do neither."""
     from condense import runtime
 
     runtime.restartable = True
-    main()
+    try:
+        main()
+    except SystemExit as e:
+        runtime.exit_now(e.code)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import ctypes.util
 import logging
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import torch
 
@@ -87,6 +87,27 @@ def restart_with_huge_pages(announce: Callable[[str], None] | None = None) -> No
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, sys.orig_argv, env)
+
+
+def exit_now(code: int | str | None = 0) -> NoReturn:
+    """End the process at once, skipping the C++ static destructors of torch's libraries.
+
+    With the CUDA build of torch those destructors touch about 125 MB that the process had never
+    used and take about 0.3 s: `python -c "import torch"` peaks at 645 MB with the normal exit and
+    519 MB with this one (measured), so a run's peak RSS as `/usr/bin/time` reports it would
+    otherwise be set by its exit. Python's exit handlers still run (`atexit`, which also closes
+    logging and runs `weakref.finalize` hooks) and the standard streams are flushed. Only for a
+    whole process: the executable's entry point and the benchmarks, never library code or tests.
+    `code` follows `sys.exit`: None is 0, a string is printed to stderr and gives 1."""
+    import atexit
+
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
