@@ -92,9 +92,9 @@ def restart_with_huge_pages(announce: Callable[[str], None] | None = None) -> No
 def exit_now(code: int | str | None = 0) -> NoReturn:
     """End the process at once, skipping the C++ static destructors of torch's libraries.
 
-    With the CUDA build of torch those destructors touch about 125 MB that the process had never
-    used and take about 0.3 s: `python -c "import torch"` peaks at 645 MB with the normal exit and
-    519 MB with this one (measured), so a run's peak RSS as `/usr/bin/time` reports it would
+    With the CUDA build of torch those destructors touch about 120 MB that the process had never
+    used and take about 0.3 s: `python -c "import torch"` peaks at 630 MB with the normal exit and
+    507 MB with this one (measured), so a run's peak RSS as `/usr/bin/time` reports it would
     otherwise be set by its exit. Python's exit handlers still run (`atexit`, which also closes
     logging and runs `weakref.finalize` hooks) and the standard streams are flushed. Only for a
     whole process: the executable's entry point and the benchmarks, never library code or tests.
