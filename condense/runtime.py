@@ -105,8 +105,11 @@ def exit_now(code: int | str | None = 0) -> NoReturn:
         print(code, file=sys.stderr)
         code = 1
     atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`condense info f | head -1`) or stream
+            pass
     os._exit(code or 0)
 
 
