@@ -298,7 +298,7 @@ class DM(ClassMatching):
     """Distribution matching: class means of a random network's embedding."""
 
     name = "dm"
-    # On a CPU the in-place eager embedding (ConvNet.embed -> lean_block) runs within 3% of the compiled
+    # On a CPU the in-place eager embedding (ConvNet.embed -> lean_block) runs 3-5% slower than the compiled
     # one and takes about 150 MB less (importing TorchDynamo alone costs 149 MB), so auto stays eager there.
     compile_on_cpu = False
 
