@@ -117,7 +117,9 @@ def conv_output_stats(conv: nn.Conv2d, x: Tensor) -> tuple[Tensor, Tensor] | Non
     centered = patches - mean_p
     cov = centered @ centered.transpose(1, 2) / patches.shape[2]  # [B, k, k]
     w = conv.weight.reshape(conv.out_channels, k)
-    mean = (mean_p.squeeze(2) @ w.T).add_(conv.bias) if conv.bias is not None else mean_p.squeeze(2) @ w.T
+    mean = mean_p.squeeze(2) @ w.T
+    if conv.bias is not None:
+        mean += conv.bias
     var = ((cov @ w.T) * w.T).sum(1).clamp_min_(0)  # [B, C]: w_c^T Cov w_c
     return mean, var
 
