@@ -6,8 +6,8 @@ synthetic parameters in `init`, improves them one outer iteration per `step`, an
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 
@@ -15,8 +15,10 @@ from condense.artifacts import Artifacts
 from condense.augment import DSA, make_dsa
 from condense.data import RealData
 from condense.errors import CondenseError
+from condense.execution import Execution
 from condense.models import Network, build_model
 from condense.registry import Registry
+from condense.run import preset_values
 from condense.runtime import derive_seed, make_generator
 from condense.synthetic import SetMeta, SyntheticSet
 from condense.train import TrainConfig
@@ -40,16 +42,38 @@ class AlgoConfig:
         return out
 
 
+C = TypeVar("C", bound=AlgoConfig)
+
+
 @dataclass
 class Context:
-    """What the driver hands an algorithm: where to compute, randomness, networks, artifacts."""
+    """What the driver hands an algorithm: where and how to compute, randomness, artifacts.
+
+    Two random streams: `generator` (CPU) for decisions the host reads (which expert, which
+    augmentation family, a network's seed), `device_generator` for tensors drawn where they are
+    used. On a CPU they are one generator, so a CPU run draws exactly what it always did."""
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     artifacts: Artifacts = field(default_factory=Artifacts)
+    execution: Execution = field(default_factory=Execution)
 
     def __post_init__(self) -> None:
+        self.device = torch.device(self.device)
         self.generator = make_generator(derive_seed(self.seed, "algorithm"))
+        self.device_generator = self.generator if self.device.type == "cpu" else \
+            make_generator(derive_seed(self.seed, "algorithm", "device"), self.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"generator": self.generator.get_state()}
+        if self.device_generator is not self.generator:
+            state["device_generator"] = self.device_generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        if self.device_generator is not self.generator and "device_generator" in state:
+            self.device_generator.set_state(state["device_generator"])
 
     def model(self, arch: str, real: RealData, seed: int | None = None, **kw: Any) -> Network:
         """A freshly initialized network for `real`'s shape, on the device."""
@@ -60,22 +84,23 @@ class Context:
         return make_dsa(strategy, real.info.allow_flip)
 
 
-class Algorithm:
+class Algorithm(Generic[C]):
     """Base class. Subclasses set `name`, `Config` and implement init/step/synthetic."""
 
     name: ClassVar[str]
     Config: ClassVar[type[AlgoConfig]] = AlgoConfig
     protocol: ClassVar[str] = "dsa"  # the evaluation protocol the method's numbers are meant for
 
-    def __init__(self, cfg: AlgoConfig, real: RealData, ctx: Context) -> None:
-        issues = cfg.problems()
+    def __init__(self, cfg: C, real: RealData, ctx: Context) -> None:
+        issues = cfg.problems() + ctx.execution.problems()
         if issues:
             raise CondenseError(f"Invalid settings for --algo {self.name}: {'; '.join(issues)}. "
                                 f"Fix them with --set key=value.")
-        self.cfg, self.real, self.ctx = cfg, real, ctx
+        self.cfg: C = cfg
+        self.real, self.ctx = real, ctx
 
     @classmethod
-    def artifacts_needed(cls, cfg: AlgoConfig) -> list[tuple[str, TrainConfig, int]]:
+    def artifacts_needed(cls, cfg: Any) -> list[tuple[str, TrainConfig, int]]:
         """Trained networks this method will ask the artifact cache for: (arch, recipe, seed).
         `condense teachers --pool NAME` builds them ahead of time."""
         return []
@@ -94,29 +119,23 @@ class Algorithm:
         """Things the user should know about the finished run (the driver prints them)."""
         return []
 
-    def wants_huge_pages(self) -> bool:
-        """True when every step allocates and frees gigabytes on the CPU: page faults then cost
-        seconds per step, and the command-line driver restarts with transparent huge pages."""
-        return False
-
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit-for-bit (tensors, optimizer and generator states)."""
-        return {"generator": self.ctx.generator.get_state()}
+        return self.ctx.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.ctx.generator.set_state(state["generator"])
+        self.ctx.load_state_dict(state)
 
     # ---- helpers shared by methods ---------------------------------------------------------
 
     def make_set(self, images: torch.Tensor, labels: torch.Tensor, **extra: Any) -> SyntheticSet:
         """Wrap tensors in a SyntheticSet with this run's metadata."""
-        from dataclasses import asdict
-
         info, pre = self.real.info, self.real.pre
+        config = {**asdict(self.cfg), "execution": asdict(self.ctx.execution)}
         meta = SetMeta(dataset=info.name, num_classes=info.num_classes, class_names=list(info.class_names),
                        ipc=self.cfg.ipc, channels=info.channels, height=info.size, width=info.size,
                        mean=tuple(info.mean), std=tuple(info.std), pixel_space=pre.pixel_space,
-                       algorithm=self.name, config=asdict(self.cfg), seed=self.ctx.seed, protocol=self.protocol)
+                       algorithm=self.name, config=config, seed=self.ctx.seed, protocol=self.protocol)
         return SyntheticSet(images.detach().float().cpu(), labels.detach().long().cpu(), meta,
                             zca=None if pre.zca is None else pre.zca.to("cpu"), **extra)
 
@@ -162,17 +181,52 @@ class PixelSGD:
         self.buf = None if state["buf"] is None else state["buf"].to(self.param.device, copy=True)
 
 
-def config_from(cls: type[Algorithm], overrides: dict[str, Any]) -> AlgoConfig:
+def configure(algo: str, dataset: str, ipc: int, preset: str | None = None, overrides: dict[str, Any] | None = None,
+              iters: int | None = None) -> tuple[type[Algorithm], Any, Execution]:
+    """The method's class, config and execution settings: its defaults, then the preset (most
+    specific table last), then `overrides` (--set), then ipc and iters."""
+    if ipc < 1:
+        raise CondenseError(f"--ipc must be a positive number of images per class (got {ipc}).")
+    cls = ALGORITHMS.get(algo)
+    values = {**preset_values(cls.name, preset, dataset, ipc), **(overrides or {}), "ipc": ipc}
+    if iters is not None:
+        values["iters"] = iters
+    cfg, execution = settings_from(cls, values)
+    return cls, cfg, execution
+
+
+def applicable(cls: type[Algorithm], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides that are settings of `cls` (its own or execution settings)."""
+    known = {f.name for f in fields(cls.Config)} | Execution.names()
+    return {k: v for k, v in overrides.items() if k.replace("-", "_") in known}
+
+
+def config_from(cls: type[Algorithm], overrides: dict[str, Any]) -> Any:
     """Build `cls.Config` from string/typed overrides (`--set key=value`), checking names and types."""
-    known = {f.name: f for f in fields(cls.Config)}
+    return _build(cls.Config, overrides, f"--algo {cls.name}", Execution.names())
+
+
+def execution_from(overrides: dict[str, Any]) -> Execution:
+    """Build the execution settings from string/typed overrides, checking names and types."""
+    return _build(Execution, overrides, "execution", set())
+
+
+def settings_from(cls: type[Algorithm], values: dict[str, Any]) -> tuple[Any, Execution]:
+    """One dict of settings (preset, then --set) -> the method's config and the execution settings."""
+    method, execution = Execution.split(values)
+    return config_from(cls, method), execution_from(execution)
+
+
+def _build(kind: type, overrides: dict[str, Any], owner: str, also: set[str]) -> Any:
+    known = {f.name: f for f in fields(kind)}
     kw: dict[str, Any] = {}
     for k, v in overrides.items():
         k2 = k.replace("-", "_")
         if k2 not in known:
-            raise CondenseError(f"'{k}' is not a setting of --algo {cls.name}. Its settings: "
-                                f"{', '.join(sorted(known))}.")
+            raise CondenseError(f"'{k}' is not a setting of {owner}. Its settings: {', '.join(sorted(known))}"
+                                f"{'; execution settings: ' + ', '.join(sorted(also)) if also else ''}.")
         kw[k2] = coerce(v, known[k2].type, k)
-    return cls.Config(**kw)
+    return kind(**kw)
 
 
 def coerce(value: Any, typ: Any, name: str) -> Any:

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from algorithms.base import ALGORITHMS
 from algorithms.dm import ClassMatching, Feats, MatchConfig, mean_gap
+from condense import fast
 from condense.models import ConvNet, Network
 
 
@@ -43,27 +44,23 @@ class DataDAMConfig(MatchConfig):
     power: float = 1.0  # attention exponent p (official code 1; paper 4)
     lam: float = -1.0  # weight of the embedding MMD term; -1 = 0.01 at <= 32 px, 0.02 above
     scale: float = 100.0  # both terms are multiplied by 100 in the official code
-    chunk: int = 0  # BatchNorm statistics span all classes, as in the official code
-    bn_chunk: int = 64  # ...but the real forward runs about this many images at a time, exactly (ConvNet.features_lowmem);
-    # 64: peak 1.18 GB at IPC 1 (1.30 GB at 160), about 30% more time; RESULTS.md §3
-    compile: str = "false"  # no gain measured for DataDAM's real forward
 
 
 @ALGORITHMS.register("datadam")
-class DataDAM(ClassMatching):
+class DataDAM(ClassMatching[DataDAMConfig]):
     name = "datadam"
     Config = DataDAMConfig
+    compile_on_cpu = compile_on_cuda = False  # no gain measured for DataDAM's real forward (RESULTS.md)
 
     @property
     def lam(self) -> float:
-        cfg: DataDAMConfig = self.cfg  # type: ignore[assignment]
-        if cfg.lam >= 0:
-            return cfg.lam
+        if self.cfg.lam >= 0:
+            return self.cfg.lam
         return 0.01 if self.real.info.size <= 32 else 0.02
 
     def attention(self, a: Tensor) -> Tensor:
         """[B, C, H, W] -> L2-normalized sum_c |a_c|^p, [B, H*W]."""
-        p = self.cfg.power  # type: ignore[attr-defined]
+        p = self.cfg.power
         return F.normalize((a.abs().pow(p) if p != 1 else a.abs()).sum(1).flatten(1), dim=1)
 
     def features(self, net: Network, x: Tensor) -> Feats:
@@ -71,13 +68,13 @@ class DataDAM(ClassMatching):
         return [self.attention(a) for a in acts[:-1]] + [emb]
 
     def features_real(self, net: Network, x: Tensor) -> Feats:
-        chunk = self.cfg.bn_chunk  # type: ignore[attr-defined]
+        chunk = self.ctx.execution.bn_chunk  # the real forward in exact pieces (bounded memory)
         if chunk > 0 and isinstance(net, ConvNet):
-            att, emb = net.features_lowmem(x, chunk, self.attention)
+            att, emb = fast.features_lowmem(net, x, chunk, self.attention)
             return att[:-1] + [emb]
         return self.features(net, x)
 
     def class_loss(self, real_means: Feats, syn_means: Feats) -> Tensor:
-        scale = self.cfg.scale  # type: ignore[attr-defined]
+        scale = self.cfg.scale
         att = sum(mean_gap(r, s) for r, s in zip(real_means[:-1], syn_means[:-1]))
         return scale * att + scale * self.lam * mean_gap(real_means[-1], syn_means[-1])

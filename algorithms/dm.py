@@ -8,11 +8,11 @@ maps, characteristic-function terms...); the loss compares the **class means** o
 real and the synthetic side; the synthetic pixels take an SGD step.
 
 Because the real side only enters through class means, it is computed without gradients, in
-chunks of whole classes (`chunk` real images per forward), so memory does not grow with
+chunks of whole classes (the `chunk` execution setting), so memory does not grow with
 `batch_real` x classes. With per-sample normalization (instance norm) chunking is exact; with
-BatchNorm the statistics depend on the batch, so `chunk = 0` forwards all classes at once, as the
-official DataDAM code does. The loss of class c depends only on class c's data
-(`class_loss`), which is what a later class-sharded run needs.
+BatchNorm the statistics depend on the batch, so all classes go forward together, as in the
+official DM and DataDAM code (in exact pieces, `bn_chunk`). The loss of class c depends only on
+class c's data (`class_loss`), which is what a later class-sharded run needs.
 
 DM itself: phi(x) = embedding of a randomly initialized ConvNet; loss = sum_c ||mean phi(real_c)
 - mean phi(syn_c)||^2; official defaults: 20000 iterations, batch_real 256, lr_img 1 with SGD
@@ -22,19 +22,22 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, ClassVar, Generic, TypeVar
 
 import torch
 from torch import Tensor
 
 from algorithms.base import ALGORITHMS, AlgoConfig, Algorithm, PixelSGD
+from condense import fast
 from condense.augment import DEFAULT_STRATEGY, AugParams
 from condense.errors import CondenseError
-from condense.models import ConvNet, Network, build_model
-from condense.runtime import compile_fn
+from condense.execution import compile_fn
+from condense.models import ConvNet, Network, build_model, can_reinitialize, reinitialize_
+from condense.runtime import make_generator
 from condense.synthetic import SyntheticSet
 
 Feats = list[Tensor]  # per-sample features: each [B, ...]
+Phi = Callable[[Any, Tensor], Feats]  # (network, images) -> per-sample features
 
 
 @dataclass
@@ -49,15 +52,6 @@ class MatchConfig(AlgoConfig):
     dsa: str = DEFAULT_STRATEGY  # Siamese augmentation strategy ("none" to switch it off)
     norm: str = "instancenorm"  # normalization of the sampled networks
     width: int = 128  # ConvNet width of the sampled networks
-    chunk: int = -1  # real images per forward pass, rounded to whole classes (0 = all at once); -1 = auto:
-    # 32 on CPU (cache-sized pieces; DM eager 0.96 s vs 1.01 s at 16 and 0.99 s at 64 per iteration on 2 cores,
-    # benchmarks/results/speed_matching_s14_chunk.jsonl), 256 elsewhere
-    channels_last: bool = True  # run the sampled networks in channels-last layout (faster forward passes)
-    compile: str = "auto"  # torch.compile the gradient-free real-side forward: true | false | auto (= on CUDA
-    # always; on a CPU only for methods measured faster compiled). Falls back to eager if compiling fails
-    amp: str = "none"  # none | bf16: autocast the real-side forward to bfloat16 (faster; approximate)
-    syn_chunk: int = -1  # synthetic images per forward+backward, rounded to whole classes (0 = all at once);
-    # -1 = auto: 20 on CPU (bounds activation memory at high IPC), all at once elsewhere. Exact (per-class loss)
 
     def problems(self) -> list[str]:
         out = super().problems()
@@ -66,22 +60,20 @@ class MatchConfig(AlgoConfig):
                 out.append(f"{name} must be at least 1 (got {getattr(self, name)})")
         if self.lr_img <= 0:
             out.append(f"lr_img must be positive (got {self.lr_img})")
-        if self.syn_chunk < -1:
-            out.append(f"syn_chunk must be -1 (auto), 0 (all at once) or positive (got {self.syn_chunk})")
-        if self.chunk < -1:
-            out.append(f"chunk must be -1 (auto), 0 (all at once) or positive (got {self.chunk})")
-        if self.amp not in ("none", "bf16"):
-            out.append(f"amp must be none or bf16 (got {self.amp})")
-        if str(self.compile).lower() not in ("auto", "true", "false"):
-            out.append(f"compile must be auto, true or false (got {self.compile})")
         return out
 
 
-class ClassMatching(Algorithm):
+MC = TypeVar("MC", bound=MatchConfig)
+
+
+class ClassMatching(Algorithm[MC], Generic[MC]):
     """Base of DM, DataDAM and NCFM: learnable images `[K * ipc, C, H, W]`, class-sorted."""
 
     Config = MatchConfig
-    compile_on_cpu = True  # what compile=auto does on a CPU: the measured faster choice for the method
+    # execution preferences, measured per method (benchmarks/RESULTS.md, speed and memory):
+    compile_on_cpu: ClassVar[bool] = True  # what compile=auto does on a CPU
+    compile_on_cuda: ClassVar[bool] = True  # ... and on CUDA
+    cpu_chunk: ClassVar[int] = 32  # what chunk=-1 means on a CPU
 
     # ---- what a method defines ---------------------------------------------------------------
 
@@ -100,55 +92,55 @@ class ClassMatching(Algorithm):
     # ---- the shared machinery ----------------------------------------------------------------
 
     def init(self) -> None:
-        cfg: MatchConfig = self.cfg  # type: ignore[assignment]
-        k = self.real.info.num_classes
+        cfg, k = self.cfg, self.real.info.num_classes
         if cfg.init == "real":
-            x = torch.cat([self.real.images_of(c, cfg.ipc, self.ctx.generator) for c in range(k)])
+            x = torch.cat([self.real.images_of(c, cfg.ipc, self.ctx.device_generator) for c in range(k)])
         elif cfg.init == "noise":
             i = self.real.info
-            x = torch.randn(k * cfg.ipc, i.channels, i.size, i.size, generator=self.ctx.generator)
+            x = torch.randn(k * cfg.ipc, i.channels, i.size, i.size, generator=self.ctx.device_generator,
+                            device=self.ctx.device)
         else:
             raise CondenseError(f"init must be 'real' or 'noise', not '{cfg.init}'.")
         self.images = x.to(self.ctx.device).detach().requires_grad_(True)
         self.labels = torch.arange(k, device=self.ctx.device).repeat_interleave(cfg.ipc)
         self.opt = PixelSGD(self.images, lr=cfg.lr_img, momentum=cfg.momentum)
         self.aug = self.ctx.augment(cfg.dsa, self.real)
+        self.net = self.ctx.model(cfg.arch, self.real, seed=0, **self.net_kwargs())
+        if self.ctx.execution.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.net.requires_grad_(False)
+        self.net_generator = make_generator(0, self.ctx.device)  # reseeded from the host stream every step
+        self._compiled: _CompiledView | None = None
 
     def net_kwargs(self) -> dict[str, Any]:
         """norm/width apply to the ConvNet family only; other architectures use their own."""
-        cfg: MatchConfig = self.cfg  # type: ignore[assignment]
-        arch = cfg.arch.lower()
+        arch = self.cfg.arch.lower()
         if arch == "convnet" or arch.startswith("convnetd"):
-            return {"norm": cfg.norm, "width": cfg.width}
+            return {"norm": self.cfg.norm, "width": self.cfg.width}
         if arch == "convnetbn":
-            return {"width": cfg.width}
+            return {"width": self.cfg.width}
         return {}
 
     def sample_network(self) -> Network:
         """A freshly initialized, frozen network in train mode (BN uses batch statistics).
 
-        The initialization is drawn on the CPU from a seed (reproducible on any device) and
-        copied into one persistent network on the device."""
-        cfg: MatchConfig = self.cfg  # type: ignore[assignment]
+        Its seed comes from the host stream; the weights are drawn on the device into the one
+        network the run keeps (on a CPU the same weights as `build_model(..., seed=seed)`)."""
         seed = int(torch.randint(2**62, (1,), generator=self.ctx.generator))
-        i = self.real.info
-        fresh = build_model(cfg.arch, i.channels, i.num_classes, i.size, seed=seed, **self.net_kwargs())
-        if getattr(self, "_net", None) is None:
-            self._net = fresh.to(self.ctx.device)
-            if cfg.channels_last:
-                self._net = self._net.to(memory_format=torch.channels_last)
-            for p in self._net.parameters():
-                p.requires_grad_(False)
-        else:
-            self._net.load_state_dict(fresh.state_dict())
-        return self._net.train()
+        if can_reinitialize(self.net):
+            reinitialize_(self.net, self.net_generator.manual_seed(seed))
+        else:  # a layer reinitialize_ does not know: build on the CPU and copy
+            i = self.real.info
+            self.net.load_state_dict(build_model(self.cfg.arch, i.channels, i.num_classes, i.size, seed=seed,
+                                                 **self.net_kwargs()).state_dict())
+        return self.net.train()
 
     def siamese_params(self) -> list[AugParams | None]:
         """One augmentation draw per class, shared by the class's real and synthetic images."""
         if self.aug is None:
             return [None] * self.real.info.num_classes
         size = self.real.info.size
-        return [self.aug.sample(1, self.ctx.generator, size, per_sample=False)
+        return [self.aug.sample(1, self.ctx.generator, size, per_sample=False, tensors=self.ctx.device_generator)
                 for _ in range(self.real.info.num_classes)]
 
     def augment(self, x: Tensor, p: AugParams | None) -> Tensor:
@@ -156,94 +148,88 @@ class ClassMatching(Algorithm):
 
     @property
     def compiles(self) -> bool:
-        """Whether the real-side forward is compiled (the `compile` setting, auto resolved)."""
-        setting = str(self.cfg.compile).lower()  # type: ignore[attr-defined]
-        if setting == "auto":
-            return self.ctx.device.type == "cuda" or self.compile_on_cpu
-        return setting == "true"
+        """Whether the real-side forward is compiled (the `compile` execution setting, auto resolved)."""
+        return self.ctx.execution.compiles(self.ctx.device, self.compile_on_cpu, self.compile_on_cuda)
 
-    def real_features(self, net: Network, x: Tensor) -> Feats:
+    def real_features(self, net: Network, x: Tensor, phi: Phi) -> Feats:
         """phi on real images: no gradients, optionally compiled and in bfloat16."""
-        cfg: MatchConfig = self.cfg  # type: ignore[assignment]
         view: Any = net
-        compiles = self.compiles
-        if compiles and getattr(self, "_compiled_for", None) is not net:
-            self._compiled_for, self._compiled = net, _CompiledView(net)
-        if compiles and self._compiled.ok:
+        if self.compiles and (self._compiled is None or self._compiled.net is not net):
+            self._compiled = _CompiledView(net)
+        if self.compiles and self._compiled is not None and self._compiled.ok:
             view = self._compiled
-        ctx = torch.autocast(x.device.type, dtype=torch.bfloat16) if cfg.amp == "bf16" else nullcontext()
-        with ctx:
+        amp = self.ctx.execution.amp == "bf16"
+        with torch.autocast(x.device.type, dtype=torch.bfloat16) if amp else nullcontext():
             try:
-                feats = self.features_real(view, x)
+                feats = phi(view, x)
             except Exception:  # noqa: BLE001  (no compiler or an unsupported op: run eagerly from now on)
                 if view is net:
                     raise
-                self._compiled.ok = False
-                feats = self.features_real(net, x)
+                self._compiled.ok = False  # type: ignore[union-attr]
+                feats = phi(net, x)
         return [f.float() for f in feats]
 
-    def real_class_means(self, net: Network, params: list[AugParams | None], classes: list[int]) -> list[Feats]:
-        """Class means of phi over `batch_real` fresh real images per class, without gradients.
+    def real_class_means(self, net: Network, params: list[AugParams | None], classes: list[int],
+                         phi: Phi | None = None) -> list[Feats]:
+        """Class means of phi (default `features_real`) over `batch_real` fresh real images per
+        class, without gradients.
 
         Forwarded `chunk` images at a time: whole classes grouped while they fit, a class split
         into pieces (its sums accumulated) when `batch_real` exceeds `chunk`."""
-        cfg: MatchConfig = self.cfg  # type: ignore[assignment]
-        n = self.batch_real
+        phi = phi or self.features_real
+        n, g = self.batch_real, self.ctx.device_generator
         # BatchNorm statistics span every class's real batch, as in the official DM and DataDAM code
         # (features_real may still bound the memory, exactly); other norms are per image.
-        chunk = 0 if cfg.norm == "batchnorm" else self.chunk
+        chunk = 0 if self.cfg.norm == "batchnorm" else self.chunk
         out: list[Feats] = []
         with torch.no_grad():
             if chunk <= 0 or n <= chunk:
                 per = len(classes) if chunk <= 0 else chunk // n
                 for s in range(0, len(classes), per):
                     group = classes[s:s + per]
-                    x = torch.cat([self.augment(self.real.images_of(c, n, self.ctx.generator), params[c])
-                                   for c in group])
-                    out += split_means(self.real_features(net, x), len(group))
+                    x = torch.cat([self.augment(self.real.images_of(c, n, g), params[c]) for c in group])
+                    out += split_means(self.real_features(net, x, phi), len(group))
                 return out
             for c in classes:
-                x = self.augment(self.real.images_of(c, n, self.ctx.generator), params[c])
+                x = self.augment(self.real.images_of(c, n, g), params[c])
                 sums: list[Tensor] | None = None
                 for s in range(0, n, chunk):
-                    part = [f.sum(0) for f in self.real_features(net, x[s:s + chunk])]
+                    part = [f.sum(0) for f in self.real_features(net, x[s:s + chunk], phi)]
                     sums = part if sums is None else [a + b for a, b in zip(sums, part)]
                 out.append([t / n for t in sums])  # type: ignore[union-attr]
         return out
 
     def syn_class_means(self, net: Network, images: Tensor, params: list[AugParams | None],
-                        classes: list[int], per_class: int) -> list[Feats]:
-        """Class means of phi over the synthetic images of `classes` (class-sorted, `per_class`
-        each), with gradients to the pixels, in one forward pass."""
+                        classes: list[int], per_class: int, phi: Phi | None = None) -> list[Feats]:
+        """Class means of phi (default `features`) over the synthetic images of `classes`
+        (class-sorted, `per_class` each), with gradients to the pixels, in one forward pass."""
+        phi = phi or self.features
         x = torch.cat([self.augment(images[c * per_class:(c + 1) * per_class], params[c]) for c in classes])
-        return split_means(self.features(net, x), len(classes))
+        return split_means(phi(net, x), len(classes))
 
     @property
     def chunk(self) -> int:
-        """Real images per forward pass: the setting, or for -1 the measured best of the device kind."""
-        c = self.cfg.chunk  # type: ignore[attr-defined]
-        return c if c >= 0 else (32 if self.ctx.device.type == "cpu" else 256)
+        """Real images per forward pass (the `chunk` execution setting, auto resolved)."""
+        return self.ctx.execution.real_chunk(self.ctx.device, self.cpu_chunk)
 
     @property
     def batch_real(self) -> int:
         """Real images per class per step, capped by the smallest class (as the official
         samplers do), so every class mean is over the same number of images."""
         smallest = min(self.real.count(c) for c in range(self.real.info.num_classes))
-        return min(self.cfg.batch_real, smallest)  # type: ignore[attr-defined]
+        return min(self.cfg.batch_real, smallest)
 
     def syn_groups(self, classes: list[int]) -> list[list[int]]:
         """Classes whose synthetic images go forward and backward together. The loss is a sum of
         per-class terms, so with per-image norms each group's backward is exact on its own and
         only one group's activations are alive at a time; BatchNorm's statistics span all classes."""
-        cfg: MatchConfig = self.cfg  # type: ignore[assignment]
-        size = cfg.syn_chunk if cfg.syn_chunk >= 0 else (20 if self.ctx.device.type == "cpu" else 0)
-        if cfg.norm == "batchnorm" or size <= 0:
+        size = self.ctx.execution.syn_chunk_for(self.ctx.device)
+        if self.cfg.norm == "batchnorm" or size <= 0:
             return [classes]
-        per = max(1, size // cfg.ipc)
+        per = max(1, size // self.cfg.ipc)
         return [classes[s:s + per] for s in range(0, len(classes), per)]
 
     def step(self, it: int) -> dict[str, float | Tensor]:
-        cfg: MatchConfig = self.cfg  # type: ignore[assignment]
         net = self.sample_network()
         params = self.siamese_params()
         classes = list(range(self.real.info.num_classes))
@@ -251,7 +237,7 @@ class ClassMatching(Algorithm):
         self.opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.ctx.device)
         for group in self.syn_groups(classes):
-            syn = self.syn_class_means(net, self.images, params, group, cfg.ipc)
+            syn = self.syn_class_means(net, self.images, params, group, self.cfg.ipc)
             loss = torch.stack([self.class_loss(real[c], s) for c, s in zip(group, syn)]).sum()
             loss.backward()  # gradients of the groups add up in images.grad
             total += loss.detach()
@@ -277,7 +263,7 @@ class _CompiledView:
     iterations and its weights change in place, so the compiled graphs are reused)."""
 
     def __init__(self, net: Network) -> None:
-        self.ok = True
+        self.net, self.ok = net, True
         self.embed = compile_fn(net.embed)
         self.features = compile_fn(net.features)
 
@@ -294,21 +280,19 @@ def mean_gap(a: Tensor, b: Tensor) -> Tensor:
 
 
 @ALGORITHMS.register("dm")
-class DM(ClassMatching):
+class DM(ClassMatching[MatchConfig]):
     """Distribution matching: class means of a random network's embedding."""
 
     name = "dm"
-    # On a CPU the in-place eager embedding (ConvNet.embed -> lean_block) runs 3-5% slower than the compiled
-    # one and takes about 150 MB less (importing TorchDynamo alone costs 149 MB), so auto stays eager there.
-    compile_on_cpu = False
+    compile_on_cpu = False  # eager (condense.fast) measured about as fast and 150 MB smaller (RESULTS.md)
 
     def features(self, net: Network, x: Tensor) -> Feats:
         return [net.embed(x)]
 
     def features_real(self, net: Any, x: Tensor) -> Feats:
-        cfg: MatchConfig = self.cfg  # type: ignore[assignment]
-        if cfg.norm == "batchnorm" and self.chunk > 0 and isinstance(net, ConvNet):
-            return [net.features_lowmem(x, self.chunk, _keep_nothing)[1]]  # whole-batch statistics, bounded memory
+        bn_chunk = self.ctx.execution.bn_chunk
+        if self.cfg.norm == "batchnorm" and bn_chunk > 0 and isinstance(net, ConvNet):
+            return [fast.features_lowmem(net, x, bn_chunk, _keep_nothing)[1]]  # whole-batch statistics, bounded memory
         return self.features(net, x)
 
     def class_loss(self, real_means: Feats, syn_means: Feats) -> Tensor:

@@ -36,23 +36,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from algorithms.base import ALGORITHMS, AlgoConfig, Algorithm, PixelSGD
+from condense import fast
+from condense.artifacts import expert_recipe
 from condense.augment import DEFAULT_STRATEGY, AugParams, make_dsa
 from condense.errors import CondenseError
-from condense.models import FlatParams, HigherOrderConvs
+from condense.higher_order import HigherOrderConvs
+from condense.models import FlatParams
 from condense.synthetic import SyntheticSet
 from condense.train import TrainConfig
-
-
-def expert_recipe(kind: str, epochs: int) -> TrainConfig:
-    """How experts are trained. mtt: plain SGD 0.01, no momentum or weight decay, DSA, batch 256
-    (MTT's buffer.py). smooth: AST's smooth experts, SGD 0.01 momentum 0.9, wd 1e-3, the clipping
-    loss over the first 10 epochs and the input-gradient penalty (lambda 2)."""
-    common = dict(epochs=epochs, batch=256, lr=0.01, augment=DEFAULT_STRATEGY, schedule="constant")
-    if kind == "mtt":
-        return TrainConfig(momentum=0.0, weight_decay=0.0, **common)
-    if kind == "smooth":
-        return TrainConfig(momentum=0.9, weight_decay=1e-3, clip_epochs=10, grad_penalty=2.0, **common)
-    raise CondenseError(f"expert recipe must be 'mtt' or 'smooth', not '{kind}'.")
 
 
 @dataclass
@@ -72,7 +63,6 @@ class MTTConfig(AlgoConfig):
     init: str = "real"  # real | noise | kmeans (AST representative init) | correct (DATM: correctly classified)
     dsa: str = DEFAULT_STRATEGY  # inner-loop augmentation, per sample
     memory: str = "unroll"  # unroll | recompute (exact, activation memory independent of N)
-    fast_conv: bool = True  # convolutions whose second derivatives use the fast kernels (same numbers)
     inner_momentum: float = 0.0  # AST: 0.9, heavy-ball momentum in the inner loop
     balance_loss: bool = False  # AST: scale the inner loss by the start epoch's position
     middle_loss: bool = False  # AST: also match the expert's intermediate epochs
@@ -108,27 +98,23 @@ class MTTConfig(AlgoConfig):
 
 
 @ALGORITHMS.register("mtt")
-class MTT(Algorithm):
+class MTT(Algorithm[MTTConfig]):
     name = "mtt"
     Config = MTTConfig
 
-    def wants_huge_pages(self) -> bool:
-        """`unroll` keeps every inner step's graph (14 GB at IPC 10, N = 30) and frees it per iteration:
-        with 2 MB pages an iteration takes 16.6 s instead of 18.1 s there (means of 3 and 2 runs,
-        benchmarks/RESULTS.md §7). `recompute` stays small, and huge pages would enlarge it."""
-        return self.cfg.memory == "unroll" and self.ctx.device.type == "cpu"  # type: ignore[attr-defined]
-
     @classmethod
-    def artifacts_needed(cls, cfg: MTTConfig) -> list[tuple[str, TrainConfig, int]]:  # type: ignore[override]
+    def artifacts_needed(cls, cfg: MTTConfig) -> list[tuple[str, TrainConfig, int]]:
         return [(cfg.arch, expert_recipe(cfg.expert_recipe, cfg.expert_length), i) for i in range(cfg.num_experts)]
 
     # ---- setup -------------------------------------------------------------------------------
 
     def init(self) -> None:
-        cfg: MTTConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         info, k, dev = self.real.info, self.real.info.num_classes, self.ctx.device
         recipe = expert_recipe(cfg.expert_recipe, cfg.expert_length)
-        self.experts = [self.ctx.artifacts.expert(self.real, cfg.arch, recipe, i) for i in range(cfg.num_experts)]
+        # on the device for the whole run: every step reads two or more of their epochs
+        self.experts = [self.ctx.artifacts.expert(self.real, cfg.arch, recipe, i).to(dev)
+                        for i in range(cfg.num_experts)]
         self.net = self.ctx.model(cfg.arch, self.real, seed=0)
         for p in self.net.parameters():
             p.requires_grad_(False)
@@ -151,11 +137,11 @@ class MTT(Algorithm):
 
     def initial_images(self) -> tuple[Tensor, Tensor | None]:
         """Initial images [K * ipc, C, H, W] and, for soft labels, initial logits [K * ipc, K]."""
-        cfg: MTTConfig = self.cfg  # type: ignore[assignment]
-        k, g = self.real.info.num_classes, self.ctx.generator
+        cfg = self.cfg
+        k, g = self.real.info.num_classes, self.ctx.device_generator
         if cfg.init == "noise":
             i = self.real.info
-            x = torch.randn(k * cfg.ipc, i.channels, i.size, i.size, generator=g)
+            x = torch.randn(k * cfg.ipc, i.channels, i.size, i.size, generator=g, device=self.ctx.device)
         elif cfg.init == "real":
             x = torch.cat([self.real.images_of(c, cfg.ipc, g) for c in range(k)])
         elif cfg.init in ("kmeans", "correct"):
@@ -182,7 +168,7 @@ class MTT(Algorithm):
         """Training indices for class c: k-means over an expert's logits (AST; k = ipc, so any IPC
         works, IPC 1 taking the image nearest the class mean), or DATM's random correctly
         classified images."""
-        cfg: MTTConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         idx = self.real.class_index[c]
         theta = self.experts[0][-1].to(self.ctx.device)
         logits = torch.cat([self.flat.call(self.net, theta, self.real.get(idx[s:s + 512]))
@@ -197,7 +183,7 @@ class MTT(Algorithm):
     # ---- one iteration -----------------------------------------------------------------------
 
     def start_epoch(self, it: int) -> int:
-        cfg: MTTConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         upper = cfg.max_start_epoch
         if cfg.window_growth_iters and cfg.max_start_epoch_start:
             frac = min(1.0, it / cfg.window_growth_iters)
@@ -208,16 +194,16 @@ class MTT(Algorithm):
     def plan(self) -> list[tuple[Tensor, AugParams | None]]:
         """Mini-batches (indices) and their augmentation draws for the N inner steps: MTT walks a
         random permutation of the set in chunks of batch_syn, drawing a new one when exhausted."""
-        cfg: MTTConfig = self.cfg  # type: ignore[assignment]
-        n = self.images.shape[0]
+        cfg = self.cfg
+        n, g, dev = self.images.shape[0], self.ctx.device_generator, self.ctx.device
         b = cfg.batch_syn or n
-        steps, order = [], torch.empty(0, dtype=torch.long)
+        steps, order = [], torch.empty(0, dtype=torch.long, device=dev)
         for _ in range(cfg.syn_steps):
             if order.numel() < b:
-                order = torch.cat([order, torch.randperm(n, generator=self.ctx.generator)])
+                order = torch.cat([order, torch.randperm(n, generator=g, device=dev)])
             idx, order = order[:b], order[b:]
-            p = self.aug.sample(b, self.ctx.generator, self.real.info.size) if self.aug is not None else None
-            steps.append((idx.to(self.ctx.device), p))
+            p = self.aug.sample(b, self.ctx.generator, self.real.info.size, tensors=g) if self.aug is not None else None
+            steps.append((idx, p))
         return steps
 
     def inner_loss(self, theta: Tensor, images: Tensor, soft: Tensor | None, idx: Tensor,
@@ -225,7 +211,7 @@ class MTT(Algorithm):
         x = images[idx]
         if p is not None:
             x = self.aug(x, p)
-        with HigherOrderConvs() if self.cfg.fast_conv else contextlib.nullcontext():  # type: ignore[attr-defined]
+        with HigherOrderConvs() if fast.is_fast() else contextlib.nullcontext():  # same numbers, faster kernels
             out = self.flat.call(self.net, theta, x)
         if soft is None:
             return scale * F.cross_entropy(out, self.labels[idx])
@@ -233,7 +219,7 @@ class MTT(Algorithm):
 
     def balance(self, t: int) -> float:
         """AST's balanced inner loss factor for start epoch t."""
-        cfg: MTTConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         if not cfg.balance_loss:
             return 1.0
         half = cfg.max_start_epoch / 2
@@ -241,33 +227,33 @@ class MTT(Algorithm):
 
     def perturb(self, theta: Tensor) -> Tensor:
         """AST weight perturbation: W <- W + a (d / ||d||_F) * W for every conv weight, d ~ N(0, I)."""
-        cfg: MTTConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         parts = list(torch.split(theta.clone(), self.flat.numels))
         for i, shape in enumerate(self.flat.shapes):
             if len(shape) == 4:
-                d = torch.randn(parts[i].shape, generator=self.ctx.generator).to(theta.device)
+                d = torch.randn(parts[i].shape, generator=self.ctx.device_generator, device=theta.device)
                 parts[i] = parts[i] + cfg.weight_perturb * d / d.norm() * parts[i]
         return torch.cat(parts)
 
     def targets(self, expert: Tensor, t: int) -> list[tuple[int, Tensor, Tensor]]:
         """(inner step, target parameters, 1 / normalizer) for every matching point: the final one
         and, with middle_loss, the expert's intermediate epochs at evenly spaced steps."""
-        cfg: MTTConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         start = expert[t]
         points = [(cfg.syn_steps, t + cfg.expert_epochs)]
         if cfg.middle_loss:
             points += [(cfg.syn_steps // cfg.expert_epochs * i, t + i) for i in range(1, cfg.expert_epochs)]
         out = []
         for step, epoch in points:
-            target = expert[epoch].to(self.ctx.device)
-            out.append((step, target, 1.0 / (start.to(self.ctx.device) - target).square().sum()))
+            target = expert[epoch]
+            out.append((step, target, 1.0 / (start - target).square().sum()))
         return out
 
     def step(self, it: int) -> dict[str, float | Tensor]:
-        cfg: MTTConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         expert = self.experts[int(torch.randint(len(self.experts), (1,), generator=self.ctx.generator))]
         t = self.start_epoch(it)
-        start = expert[t].to(self.ctx.device)
+        start = expert[t]
         if cfg.weight_perturb:
             start = self.perturb(start)
         plan = self.plan()
@@ -289,7 +275,7 @@ class MTT(Algorithm):
         return {"loss": terms.sum(), "lr": self.log_lr.detach().exp(), "start": float(t)}
 
     def notes(self) -> list[str]:
-        cfg: MTTConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         if not cfg.loss_gate or not self.skipped:
             return []
         note = f"The loss gate ({cfg.loss_gate}) skipped {self.skipped} of {cfg.iters} iterations."
@@ -346,7 +332,7 @@ def matching_loss(thetas: dict[int, Tensor], targets: list[tuple[int, Tensor, Te
 
 def unroll(algo: MTT, start: Tensor, plan, targets, scale: float) -> Tensor:
     """Plain backpropagation through all N inner steps."""
-    cfg: MTTConfig = algo.cfg  # type: ignore[assignment]
+    cfg = algo.cfg
     alpha = algo.log_lr.exp()
     theta = start.detach().requires_grad_(True)
     buf = torch.zeros_like(theta)
@@ -371,7 +357,7 @@ def recompute(algo: MTT, start: Tensor, plan, targets, scale: float) -> Tensor:
     With b_{n+1} = mu b_n + g_n and theta_{n+1} = theta_n - alpha b_{n+1}, the adjoints are
     lb* = lb_{n+1} - alpha lt_{n+1};  lt_n = lt_{n+1} + H_n lb*;  lb_n = mu lb*;  and the images
     and soft labels receive d<g_n, lb*>/d(x, y), alpha receives -<b_{n+1}, lt_{n+1}>."""
-    cfg: MTTConfig = algo.cfg  # type: ignore[assignment]
+    cfg = algo.cfg
     mu = cfg.inner_momentum
     alpha = algo.log_lr.detach().exp()  # a 0-d tensor: no host sync
     images, soft = algo.images.detach(), None if algo.soft is None else algo.soft.detach()

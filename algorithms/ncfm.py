@@ -48,6 +48,7 @@ from condense.augment import make_dsa
 from condense.models import FlatParams, Network
 from condense.runtime import derive_seed
 from condense.synthetic import SyntheticSet
+from condense.artifacts import pool_recipe
 from condense.train import TrainConfig
 
 
@@ -91,10 +92,9 @@ class FrequencySampler(nn.Module):
     def forward(self, num: int, per_component: int, g: torch.Generator) -> Tensor:
         """[num, D] frequencies: num // per_component components of per_component draws each."""
         comps = max(1, -(-num // per_component))  # ceil: always at least `num` frequencies
-        dev = self.net[0].weight.device
-        z = torch.randn(comps, self.noise_dim, generator=g).to(dev)
+        z = torch.randn(comps, self.noise_dim, generator=g, device=g.device)  # g: on psi's device
         sigma = F.softplus(self.net(z))  # [comps, D]
-        eps = torch.randn(comps, per_component, sigma.shape[1], generator=g).to(dev)
+        eps = torch.randn(comps, per_component, sigma.shape[1], generator=g, device=g.device)
         return (sigma[:, None, :] * eps).reshape(-1, sigma.shape[1])[:num]
 
 
@@ -180,8 +180,6 @@ class NCFMConfig(MatchConfig):
     clamp: bool = True  # keep pixels in the valid [0, 1] range (the official store is clamped)
     pool_size: int = 20  # pretrained ConvNets in the feature-extractor pool (official)
     pool_epochs: int = 60  # their training epochs (official: SGD 0.01, batch 128, DSA color_crop + CutMix)
-    chunk: int = 64  # real images per forward pass: 64 keeps peak RSS under half the official code's at its
-    #                  settings (1110 MB vs 2.3 GB); 128 is 8-10% faster for 100 MB more (the cpu preset's choice)
 
     def problems(self) -> list[str]:
         out = super().problems()
@@ -193,25 +191,20 @@ class NCFMConfig(MatchConfig):
         return out
 
 
-def pool_recipe(epochs: int) -> TrainConfig:
-    """How NCFM's feature-extractor pool is trained (official pretrain script)."""
-    return TrainConfig(epochs=epochs, batch=128, lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="step",
-                       milestones=(2 / 3, 5 / 6), gamma=0.2, augment="color_crop", augment_mode="idc", cutmix=0.5)
-
-
 @ALGORITHMS.register("ncfm")
-class NCFM(ClassMatching):
+class NCFM(ClassMatching[NCFMConfig]):
     name = "ncfm"
     Config = NCFMConfig
+    cpu_chunk = 64  # keeps peak memory under half the official code's at its settings (RESULTS.md)
 
     @classmethod
-    def artifacts_needed(cls, cfg: NCFMConfig) -> list[tuple[str, TrainConfig, int]]:  # type: ignore[override]
+    def artifacts_needed(cls, cfg: NCFMConfig) -> list[tuple[str, TrainConfig, int]]:
         return [(cfg.arch, pool_recipe(cfg.pool_epochs), i) for i in range(cfg.pool_size)]
 
     # ---- setup -------------------------------------------------------------------------------
 
     def init(self) -> None:
-        cfg: NCFMConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         info, k = self.real.info, self.real.info.num_classes
         if cfg.factor < 1 or info.size % cfg.factor:
             raise CondenseError(f"factor {cfg.factor} must divide the image size {info.size}.")
@@ -219,12 +212,13 @@ class NCFM(ClassMatching):
         # and weight decay are meant in pixel units. The preprocess (normalization or ZCA) is applied
         # to the decoded images on the way into the network.
         if cfg.init == "mix":
-            x = torch.cat([mosaic(self.real.pixels_of(c, cfg.ipc * cfg.factor ** 2, self.ctx.generator), cfg.factor)
+            x = torch.cat([mosaic(self.real.pixels_of(c, cfg.ipc * cfg.factor ** 2, self.ctx.device_generator), cfg.factor)
                            for c in range(k)])
         elif cfg.init == "real":
-            x = torch.cat([self.real.pixels_of(c, cfg.ipc, self.ctx.generator) for c in range(k)])
+            x = torch.cat([self.real.pixels_of(c, cfg.ipc, self.ctx.device_generator) for c in range(k)])
         elif cfg.init == "noise":
-            x = torch.rand(k * cfg.ipc, info.channels, info.size, info.size, generator=self.ctx.generator)
+            x = torch.rand(k * cfg.ipc, info.channels, info.size, info.size, generator=self.ctx.device_generator,
+                           device=self.ctx.device)
         else:
             raise CondenseError(f"init must be 'mix', 'real' or 'noise', not '{cfg.init}'.")
         self.images = x.to(self.ctx.device).detach().requires_grad_(True)
@@ -238,14 +232,12 @@ class NCFM(ClassMatching):
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(self.opt, factor=0.5, patience=cfg.plateau_patience)
         self.aug = make_dsa(cfg.dsa, info.allow_flip, mode="idc")
         self.net = self.ctx.model(cfg.arch, self.real, seed=0, width=cfg.width, norm=cfg.norm)
-        if cfg.channels_last:
+        if self.ctx.execution.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        for p in self.net.parameters():
-            p.requires_grad_(False)
+        self.net.requires_grad_(False)
         self.flat = FlatParams(self.net)
         self.final = self.ctx.model(cfg.arch, self.real, seed=0, width=cfg.width, norm=cfg.norm).eval()
-        for p in self.final.parameters():
-            p.requires_grad_(False)
+        self.final.requires_grad_(False)
         self.pool = self.load_pool()
         self.psi = self.psi_opt = None
         if cfg.psi:
@@ -253,12 +245,11 @@ class NCFM(ClassMatching):
                 torch.manual_seed(derive_seed(self.ctx.seed, "psi"))
                 self.psi = FrequencySampler(self.final.classifier.in_features).to(self.ctx.device)
             self.psi_opt = torch.optim.SGD(self.psi.parameters(), lr=cfg.lr_psi, momentum=0.5, weight_decay=5e-4)
-        self._t: Tensor | None = None
-        self._collect: list[Tensor] | None = None
+        self._compiled = None
 
     def load_pool(self) -> list[tuple[Tensor, Tensor]]:
         """(init, trained) flat parameter vectors of every pool member (built and cached on demand)."""
-        cfg: NCFMConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         if cfg.arch != "convnet" or cfg.width != 128 or cfg.norm != "instancenorm":
             raise CondenseError("NCFM's feature pool is the standard ConvNet (width 128, instance norm); "
                                 "leave arch, width and norm at their defaults.")
@@ -271,60 +262,60 @@ class NCFM(ClassMatching):
 
     # ---- what the shared machinery calls -----------------------------------------------------
 
-    def features(self, net: Network, x: Tensor) -> Feats:
-        assert self._t is not None
+    def cf_features(self, net: Network, x: Tensor, t: Tensor, keep: list[Tensor] | None = None) -> Feats:
+        """Per-sample CF terms [cos <t_k, e>, sin <t_k, e>] of the L2-normalized embedding e, each
+        [B, K] for frequencies t [K, D]. `keep` collects e (psi's real-side gradient needs it)."""
         emb = F.normalize(net.embed(x), dim=1)
-        if self._collect is not None:  # psi needs the real embeddings for its real-side gradient
-            self._collect.append(emb.detach())
-        phase = emb @ self._t.T
+        if keep is not None:
+            keep.append(emb.detach())
+        phase = emb @ t.T
         return [torch.cos(phase), torch.sin(phase)]
 
     def class_loss(self, real_means: Feats, syn_means: Feats) -> Tensor:
-        cfg: NCFMConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         return cf_loss((real_means[0], real_means[1]), (syn_means[0], syn_means[1]), cfg.alpha, cfg.beta,
                        cfg.loss_scale)
 
     # ---- one iteration -----------------------------------------------------------------------
 
     def frequencies(self) -> Tensor:
-        cfg: NCFMConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         dim = self.final.classifier.in_features
         if self.psi is not None:
-            return self.psi(cfg.num_freqs, cfg.psi_group, self.ctx.generator)
-        return torch.randn(cfg.num_freqs, dim, generator=self.ctx.generator).to(self.ctx.device)
+            return self.psi(cfg.num_freqs, cfg.psi_group, self.ctx.device_generator)
+        return torch.randn(cfg.num_freqs, dim, generator=self.ctx.device_generator, device=self.ctx.device)
 
     def decoded(self, c: int | None = None) -> Tensor:
         """Decoded training images of class c (or of all classes) in model-input space,
         differentiable in the stored pixels."""
-        cfg: NCFMConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         x = self.images if c is None else self.images[c * cfg.ipc:(c + 1) * cfg.ipc]
         return self.real.pre(decode(x, cfg.factor))
 
     def step(self, it: int) -> dict[str, float | Tensor]:
-        cfg: NCFMConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         k = self.real.info.num_classes
         member = int(torch.randint(len(self.pool), (1,), generator=self.ctx.generator))
         lam = float(torch.rand(1, generator=self.ctx.generator))
         init, trained = self.pool[member]
         self.flat.load_into(self.net, lam * init + (1 - lam) * trained)
         self.flat.load_into(self.final, trained)
-        t = self.frequencies()
+        t = self.frequencies()  # [num_freqs, D]; with psi, the output of its graph
         with_psi = self.psi is not None
-        self._t = t.detach().requires_grad_(with_psi)
+        t_leaf = t.detach().requires_grad_(with_psi)  # what the loss sees; collects dLoss/dt for psi
         params = self.siamese_params()
         classes = list(range(k))
-        self._collect = [] if with_psi else None
-        real = self.real_class_means(self.net, params, classes)
-        if with_psi:  # real CF means become leaves, so the loss tells us dLoss/dRe and dLoss/dIm
+        keep: list[Tensor] | None = [] if with_psi else None  # the real embeddings, for psi
+        real = self.real_class_means(self.net, params, classes, lambda net, x: self.cf_features(net, x, t_leaf, keep))
+        if keep is not None:  # real CF means become leaves, so the loss tells us dLoss/dRe and dLoss/dIm
             real = [[m.requires_grad_(True) for m in class_means] for class_means in real]
-            embeds = torch.cat(self._collect).view(k, -1, self._collect[0].shape[1])
-            self._collect = None
+            embeds = torch.cat(keep).view(k, -1, keep[0].shape[1])
         per = cfg.ipc * cfg.factor ** 2
         groups = [[c] for c in classes] if cfg.class_steps else [classes]
         match = torch.zeros((), device=self.ctx.device)
         for group in groups:  # one optimizer step per class (official) or one for all
             x = torch.cat([self.decoded(c) for c in group])
-            syn = split_means(self.features(self.net, self.aug_stack(x, params, group, per)), len(group))
+            syn = split_means(self.cf_features(self.net, self.aug_stack(x, params, group, per), t_leaf), len(group))
             loss = torch.stack([self.class_loss(real[c], s) for c, s in zip(group, syn)]).sum()
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -332,19 +323,20 @@ class NCFM(ClassMatching):
             self.project()
             match = match + loss.detach()
         if with_psi:
-            grad = self._t.grad if self._t.grad is not None else torch.zeros_like(self._t)
+            grad = t_leaf.grad if t_leaf.grad is not None else torch.zeros_like(t_leaf)
             for c in classes:
-                grad = grad + real_side_t_grad(embeds[c], self._t.detach(), real[c][0].grad, real[c][1].grad,
-                                               cfg.chunk or 1024)
-            self._t.grad = grad
-            ascend(self.psi_opt, t, self._t)
+                grad = grad + real_side_t_grad(embeds[c], t_leaf.detach(), real[c][0].grad, real[c][1].grad,
+                                               self.chunk or 1024)
+            t_leaf.grad = grad
+            ascend(self.psi_opt, t, t_leaf)
         calib = torch.zeros((), device=self.ctx.device)
         if cfg.calib:
             for group in groups:
                 x = torch.cat([self.decoded(c) for c in group])
                 y = torch.cat([torch.full((per,), c, device=x.device) for c in group])
                 if self.aug is not None:
-                    x = self.aug(x, self.aug.sample(1, self.ctx.generator, x.shape[-1], per_sample=False))
+                    x = self.aug(x, self.aug.sample(1, self.ctx.generator, x.shape[-1], per_sample=False,
+                                                    tensors=self.ctx.device_generator))
                 loss = cfg.calib_weight * F.cross_entropy(self.final(x), y)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -363,14 +355,14 @@ class NCFM(ClassMatching):
 
     def project(self) -> None:
         """Keep pixels in [0, 1] (the official store is clamped the same way)."""
-        if self.cfg.clamp:  # type: ignore[attr-defined]
+        if self.cfg.clamp:
             with torch.no_grad():
                 self.images.clamp_(0, 1)
 
     # ---- results and state -------------------------------------------------------------------
 
     def synthetic(self) -> SyntheticSet:
-        cfg: NCFMConfig = self.cfg  # type: ignore[assignment]
+        cfg = self.cfg
         with torch.no_grad():
             images = self.decoded()
             compact = self.real.pre(self.images.detach())

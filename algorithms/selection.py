@@ -16,14 +16,9 @@ from torch import Tensor
 
 from algorithms.base import AlgoConfig, Algorithm
 from condense.errors import CondenseError
+from condense.artifacts import embedding_recipe
 from condense.synthetic import SyntheticSet
 from condense.train import TrainConfig
-
-
-def embedding_recipe(epochs: int) -> TrainConfig:
-    """How the embedding network is trained on the real data: short, plain, reproducible."""
-    return TrainConfig(epochs=epochs, batch=256, lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="cosine",
-                       augment="none")
 
 
 @dataclass
@@ -33,13 +28,13 @@ class SelectionConfig(AlgoConfig):
     embed_batch: int = 256  # images per forward pass when embedding a class
 
 
-class Selection(Algorithm):
+class Selection(Algorithm[SelectionConfig]):
     """Picks `ipc` real training images per class in `init`; there are no iterations."""
 
     Config = SelectionConfig
 
     @classmethod
-    def artifacts_needed(cls, cfg: SelectionConfig) -> list[tuple[str, TrainConfig, int]]:  # type: ignore[override]
+    def artifacts_needed(cls, cfg: SelectionConfig) -> list[tuple[str, TrainConfig, int]]:
         return [(cfg.arch, embedding_recipe(cfg.embed_epochs), 0)] if cfg.embed == "trained" else []
 
     def init(self) -> None:
@@ -71,7 +66,7 @@ class Selection(Algorithm):
     def class_features(self, c: int) -> Tensor:
         """[n_c, D] embeddings of every training image of class c."""
         if not hasattr(self, "_net"):
-            cfg: SelectionConfig = self.cfg  # type: ignore[assignment]
+            cfg = self.cfg
             if cfg.embed == "trained":
                 self._net = self.ctx.artifacts.trained(self.real, cfg.arch, embedding_recipe(cfg.embed_epochs), seed=0)
             elif cfg.embed == "random":
@@ -79,5 +74,5 @@ class Selection(Algorithm):
             else:
                 raise CondenseError(f"embed must be 'trained' or 'random', not '{cfg.embed}'.")
         idx = self.real.class_index[c]
-        bs = self.cfg.embed_batch  # type: ignore[attr-defined]
+        bs = self.cfg.embed_batch
         return torch.cat([self._net.embed(self.real.get(idx[s:s + bs])) for s in range(0, idx.numel(), bs)])

@@ -1,5 +1,5 @@
-"""Cache of expensive by-products: trained networks (teachers, embedding nets, NCFM pools) and
-expert trajectories (trajectory matching).
+"""Cache of expensive by-products, and the recipes they are trained with: trained networks
+(teachers, embedding nets, NCFM pools) and expert trajectories (trajectory matching).
 
 No model hub is reachable from where condense must run, so everything a method needs is
 trained by condense itself, once, and kept under `$CONDENSE_CACHE` (default
@@ -26,12 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from condense.augment import DEFAULT_STRATEGY
 from condense.data import RealData
 from condense.errors import CondenseError
 from condense.models import FlatParams, Network, build_model
 from condense.progress import Reporter
 from condense.runtime import make_generator
-from condense.synthetic import atomic_path
+from condense.io import atomic_path
 from condense.train import TrainConfig, TrainData, accuracy, train_model
 
 ARTIFACT_VERSION = 1
@@ -60,6 +61,31 @@ def teacher_recipe(epochs: int, lr: float = 0.01, augment: str = "none") -> Trai
     256, cosine to 0. 15 epochs give a ConvNet-3 93.3% on Fashion-MNIST."""
     return TrainConfig(epochs=epochs, batch=256, lr=lr, momentum=0.9, weight_decay=5e-4, schedule="cosine",
                        augment=augment)
+
+
+def embedding_recipe(epochs: int) -> TrainConfig:
+    """How herding's and k-center's embedding network is trained: short, plain, reproducible."""
+    return TrainConfig(epochs=epochs, batch=256, lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="cosine",
+                       augment="none")
+
+
+def pool_recipe(epochs: int) -> TrainConfig:
+    """How NCFM's feature-extractor pool is trained (official pretrain script: SGD 0.01, batch 128,
+    decays x0.2 at 2/3 and 5/6, DSA color_crop in IDC mode plus CutMix)."""
+    return TrainConfig(epochs=epochs, batch=128, lr=0.01, momentum=0.9, weight_decay=5e-4, schedule="step",
+                       milestones=(2 / 3, 5 / 6), gamma=0.2, augment="color_crop", augment_mode="idc", cutmix=0.5)
+
+
+def expert_recipe(kind: str, epochs: int) -> TrainConfig:
+    """How trajectory matching's experts are trained. mtt: plain SGD 0.01, no momentum or weight
+    decay, DSA, batch 256 (MTT's buffer.py). smooth: AST's smooth experts, SGD 0.01 momentum 0.9,
+    wd 1e-3, the clipping loss over the first 10 epochs and the input-gradient penalty (lambda 2)."""
+    common = dict(epochs=epochs, batch=256, lr=0.01, augment=DEFAULT_STRATEGY, schedule="constant")
+    if kind == "mtt":
+        return TrainConfig(momentum=0.0, weight_decay=0.0, **common)
+    if kind == "smooth":
+        return TrainConfig(momentum=0.9, weight_decay=1e-3, clip_epochs=10, grad_penalty=2.0, **common)
+    raise CondenseError(f"expert recipe must be 'mtt' or 'smooth', not '{kind}'.")
 
 
 def _safe(name: str) -> str:

@@ -98,8 +98,13 @@ class DSA:
 
     # ---- sampling -------------------------------------------------------------------------
 
-    def sample(self, batch: int, generator: torch.Generator, size: int, per_sample: bool = True) -> AugParams:
-        """Draw parameters for `batch` images of `size` x `size` (one shared draw if not per_sample)."""
+    def sample(self, batch: int, generator: torch.Generator, size: int, per_sample: bool = True,
+               tensors: torch.Generator | None = None) -> AugParams:
+        """Draw parameters for `batch` images of `size` x `size` (one shared draw if not per_sample).
+
+        generator: the host's stream (which family to apply). tensors: the stream the parameter
+        tensors are drawn from, on its own device (default: `generator`); a device generator
+        puts them where the images are, with no copy per step."""
         if not self.families:
             return AugParams((), batch if per_sample else 1)
         n = batch if per_sample else 1
@@ -114,32 +119,33 @@ class DSA:
             chosen = list(self.families)
         ops: list[tuple[str, dict[str, Tensor]]] = []
         for fam in chosen:
-            ops += self._sample_family(fam, n, generator, size)
+            ops += self._sample_family(fam, n, tensors or generator, size)
         return AugParams(tuple(ops), n)
 
     def _sample_family(self, fam: str, n: int, g: torch.Generator, size: int) -> list[tuple[str, dict[str, Tensor]]]:
-        u = lambda: torch.rand(n, generator=g)  # noqa: E731
+        dev = g.device
+        u = lambda *shape: torch.rand(*(shape or (n,)), generator=g, device=dev)  # noqa: E731
         if fam == "color":
             return [("brightness", {"u": u()}), ("saturation", {"u": u()}), ("contrast", {"u": u()})]
         if fam == "crop":
             s = int(size * self.crop_ratio + 0.5)
-            return [("crop", {"shift": torch.randint(-s, s + 1, (n, 2), generator=g).float()})]
+            return [("crop", {"shift": torch.randint(-s, s + 1, (n, 2), generator=g, device=dev).float()})]
         if fam == "cutout":
             side = int(size * self.cutout_ratio + 0.5)
-            centre = torch.randint(0, size + (1 - side % 2), (n, 2), generator=g)
-            return [("cutout", {"centre": centre, "side": torch.full((n,), side)})]
+            centre = torch.randint(0, size + (1 - side % 2), (n, 2), generator=g, device=dev)
+            return [("cutout", {"centre": centre, "side": torch.full((n,), side, device=dev)})]
         if fam == "flip":
-            return [("flip", {"flip": torch.rand(n, generator=g) < self.flip_p})]
+            return [("flip", {"flip": u() < self.flip_p})]
         if fam == "scale":
             r = self.scale_ratio
-            return [("scale", {"factor": torch.rand(n, 2, generator=g) * (r - 1 / r) + 1 / r})]
+            return [("scale", {"factor": u(n, 2) * (r - 1 / r) + 1 / r})]
         if fam == "rotate":
-            return [("rotate", {"degrees": (torch.rand(n, generator=g) - 0.5) * 2 * self.rotate_deg})]
+            return [("rotate", {"degrees": (u() - 0.5) * 2 * self.rotate_deg})]
         if fam == "rrc":
-            area = torch.rand(n, generator=g) * (1 - self.rrc_min_area) + self.rrc_min_area
-            ratio = torch.exp((torch.rand(n, generator=g) * 2 - 1) * math.log(4 / 3))
+            area = u() * (1 - self.rrc_min_area) + self.rrc_min_area
+            ratio = torch.exp((u() * 2 - 1) * math.log(4 / 3))
             wh = torch.stack([(area * ratio).sqrt(), (area / ratio).sqrt()], 1).clamp(max=1.0)  # box side fractions
-            centre = (torch.rand(n, 2, generator=g) * 2 - 1) * (1 - wh)  # in [-1, 1] coordinates
+            centre = (u(n, 2) * 2 - 1) * (1 - wh)  # in [-1, 1] coordinates
             return [("rrc", {"wh": wh, "centre": centre})]
         raise AssertionError(fam)
 
@@ -150,13 +156,13 @@ class DSA:
         if params.per_sample and params.batch != x.shape[0]:
             raise ValueError(f"augmentation parameters were drawn for {params.batch} images, got {x.shape[0]}")
         for name, p in params.ops:
-            p = {k: v.to(x.device, non_blocking=True) for k, v in p.items()}
+            p = {k: v if v.device == x.device else v.to(x.device, non_blocking=True) for k, v in p.items()}
             x = getattr(self, "_" + name)(x, p)
         return x
 
-    def apply_random(self, x: Tensor, generator: torch.Generator) -> Tensor:
+    def apply_random(self, x: Tensor, generator: torch.Generator, tensors: torch.Generator | None = None) -> Tensor:
         """Independent per-sample augmentation (the evaluation and inner-loop setting)."""
-        return self(x, self.sample(x.shape[0], generator, x.shape[-1], per_sample=True))
+        return self(x, self.sample(x.shape[0], generator, x.shape[-1], per_sample=True, tensors=tensors))
 
     @staticmethod
     def _per(v: Tensor, b: int) -> Tensor:

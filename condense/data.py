@@ -12,9 +12,8 @@ puts the gzipped IDX files in `/usr/share/datasets/fashion-mnist`).
 """
 from __future__ import annotations
 
-import hashlib
-
 import gzip
+import hashlib
 import os
 import struct
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import torch
 from torch import Tensor
 
 from condense.errors import CondenseError
+from condense.io import atomic_path
 from condense.registry import Registry
 
 
@@ -149,14 +149,14 @@ class RealData:
 
     def sample_indices(self, c: int, n: int, generator: torch.Generator) -> Tensor:
         """n training indices of class c: without replacement when the class has enough
-        images, with replacement otherwise. Drawn on the generator's (CPU) stream."""
+        images, with replacement otherwise. Drawn on the generator's device."""
         idx = self.class_index[c]
         m = idx.numel()
         if n <= m:
-            pick = torch.randperm(m, generator=generator)[:n]
+            pick = torch.randperm(m, generator=generator, device=generator.device)[:n]
         else:
-            pick = torch.randint(m, (n,), generator=generator)
-        return idx[pick.to(idx.device, non_blocking=True)]
+            pick = torch.randint(m, (n,), generator=generator, device=generator.device)
+        return idx[pick if pick.device == idx.device else pick.to(idx.device, non_blocking=True)]
 
     def images_of(self, c: int, n: int, generator: torch.Generator) -> Tensor:
         """[n, C, H, W] model-input images of class c."""
@@ -167,7 +167,8 @@ class RealData:
         return self.train.images[self.sample_indices(c, n, generator)].float() / 255.0
 
     def get(self, idx: Tensor) -> Tensor:
-        return self.pre(self.train.images[idx.to(self.device)])
+        """Training images `idx` in model-input space."""
+        return self.pre(self.train.images[idx if idx.device == self.device else idx.to(self.device)])
 
     def random_subset(self, ipc: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """`ipc` random training images per class (the random baseline): images, labels."""
@@ -436,8 +437,6 @@ def load_tiny(roots: list[Path], download: bool, spec: str) -> tuple[Split, Spli
             xs.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
             ys.append(index[wnid])
         test = Split(torch.stack(xs), torch.tensor(ys))
-        from condense.synthetic import atomic_path
-
         with atomic_path(cache) as tmp:
             torch.save({"train": (train.images, train.labels), "test": (test.images, test.labels),
                         "classes": classes}, tmp)

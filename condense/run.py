@@ -18,9 +18,11 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from condense import fast
 from condense.errors import CondenseError, Interrupted
 from condense.progress import Reporter
-from condense.synthetic import SyntheticSet, atomic_path
+from condense.io import atomic_path
+from condense.synthetic import SyntheticSet
 
 CKPT_VERSION = 1
 
@@ -54,6 +56,17 @@ def preset_values(algo: str, preset: str | None, dataset: str, ipc: int) -> dict
     return out
 
 
+def preset_or_none(algo: str, preset: str | None, dataset: str, ipc: int) -> str | None:
+    """The preset if the method has it, else None (selection baselines have no presets)."""
+    if preset is None:
+        return None
+    try:
+        preset_values(algo, preset, dataset, ipc)
+        return preset
+    except CondenseError:
+        return None
+
+
 @dataclass
 class RunSpec:
     """One distillation run, as the CLI describes it."""
@@ -77,9 +90,13 @@ def run_distill(algo, spec: RunSpec, reporter: Reporter | None = None,
     """Run a constructed algorithm (see `algorithms.base.Algorithm`) and write `spec.out`.
 
     evaluate: optional quick evaluation run every `spec.eval_every` iterations (its accuracy is
-    shown next to the progress bar).
+    shown next to the progress bar). The `fast` execution setting holds for the whole run.
     """
-    reporter = reporter or Reporter()
+    with fast.use(algo.ctx.execution.fast):
+        return _run(algo, spec, reporter or Reporter(), evaluate)
+
+
+def _run(algo, spec: RunSpec, reporter: Reporter, evaluate: Callable[[SyntheticSet], float] | None) -> SyntheticSet:
     cfg = algo.cfg
     ckpt_path = Path(str(spec.out) + ".ckpt")
     identity = {"algo": algo.name, "config": asdict(cfg), "dataset": algo.real.info.name, "seed": spec.seed,

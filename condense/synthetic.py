@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,18 +32,10 @@ from torch.utils.data import Dataset
 
 from condense.data import Preprocess, Zca
 from condense.errors import CondenseError
+from condense.io import atomic_path, package_version
 
 FORMAT = "condense-synthetic"
 FORMAT_VERSION = 1
-
-
-def package_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("condense-dd")
-    except Exception:  # running from a source tree that is not installed
-        return "0+unknown"
 
 
 @dataclass
@@ -173,6 +162,22 @@ class SyntheticSet(Dataset):
         if labels is None:
             labels = torch.arange(self.meta.num_classes).repeat_interleave(imgs.shape[0] // self.meta.num_classes)
         return SyntheticSet(imgs, labels.long(), self.meta, None, {}, self.lr, {}, dict(self.compact_attrs), self.zca)
+
+    def facts(self, path: str | os.PathLike) -> dict[str, Any]:
+        """What `condense info` shows: metadata, image counts, storage accounting."""
+        from dataclasses import asdict
+
+        m = self.meta
+        return {
+            "file": str(path), "file bytes": Path(path).stat().st_size, "dataset": m.dataset, "algorithm": m.algorithm,
+            "ipc": m.ipc, "classes": m.num_classes, "image shape": f"{m.channels}x{m.height}x{m.width}",
+            "training images": len(self), "stored images": self.stored_images(), "stored bytes": self.stored_bytes(),
+            "images per class": self.counts(), "pixel space": m.pixel_space, "learned lr": self.lr,
+            "soft labels": None if self.soft_labels is None else dict(self.soft_attrs, shape=list(self.soft_labels.shape)),
+            "compact parts": {k: list(v.shape) for k, v in self.compact.items()} or None,
+            "protocol": m.protocol, "seed": m.seed, "condense version": m.condense_version, "created": m.created,
+            "meta": asdict(m),
+        }
 
     # ---- file I/O ----------------------------------------------------------------------------
 
@@ -327,61 +332,6 @@ def _plain(v: Any) -> Any:
 
 def _short(e: BaseException) -> str:
     return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-
-
-EXPORT_MARK = ".condense-export"
-
-
-@contextmanager
-def atomic_path(path: Path, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; move it onto `path` only if the block succeeds.
-
-    Files get the usual permissions (0666 minus the umask) and are flushed to disk before the
-    rename. A directory target is replaced only if it is empty or was written by condense
-    (it holds the EXPORT_MARK file); anything else is refused rather than deleted."""
-    path = Path(path)
-    if directory and path.exists() and (not path.is_dir() or (any(path.iterdir()) and
-                                                              not (path / EXPORT_MARK).exists())):
-        raise CondenseError(f"{path} exists and is not an empty folder or an earlier condense export; "
-                            f"refusing to replace it. Choose a new output folder.")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if directory:
-            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        else:
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            os.close(fd)
-            tmp = Path(name)
-    except OSError as e:
-        raise CondenseError(f"Cannot write {path}: {e.strerror or e}. Choose a writable location.") from None
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        if directory:
-            (tmp / EXPORT_MARK).write_text("written by condense export\n")
-            os.chmod(tmp, 0o777 & ~umask)
-            if path.exists():  # swap: the old folder is removed only once the new one is in place
-                old = path.with_name(f".{path.name}.old.{os.getpid()}")
-                os.replace(path, old)
-                try:
-                    os.replace(tmp, path)
-                except BaseException:
-                    os.replace(old, path)
-                    raise
-                shutil.rmtree(old, ignore_errors=True)
-                return
-        else:
-            os.chmod(tmp, 0o666 & ~umask)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from condense.augment import DSA, make_dsa
 from condense.data import RealData
 from condense.errors import CondenseError
-from condense.runtime import compile_fn
+from condense.execution import compile_fn
 
 
 @dataclass(frozen=True)

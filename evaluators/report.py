@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from condense.synthetic import atomic_path, package_version
+from condense.io import atomic_path, package_version
 from evaluators.protocols import Protocol
 from evaluators.retrain import ArchResult
 

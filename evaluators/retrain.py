@@ -22,12 +22,13 @@ import torch
 
 from condense.data import RealData
 from condense.errors import CondenseError
-from condense.models import ConvNetStack, build_model, stackable
+from condense.models import build_model
 from condense.progress import Reporter
 from condense.runtime import derive_seed, make_generator
 from condense.synthetic import SyntheticSet
 from condense.train import TrainData, accuracy, accuracy_runs, total_epochs, train_model, train_runs
 from evaluators.protocols import Protocol
+from evaluators.stack import ConvNetStack, stackable
 
 
 MAX_STACK = 5  # runs trained together at most (activation memory grows with it)
@@ -186,7 +187,7 @@ class RunCache:
             return None
 
     def put(self, key: str, result: tuple, parts: dict[str, Any]) -> None:
-        from condense.synthetic import atomic_path
+        from condense.io import atomic_path
 
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -234,7 +235,7 @@ def _run_all(res: ArchResult, settings: EvalSettings, update, train_group, run_k
 
 def _run_parts(settings: EvalSettings, data: str, arch: str, lr: float, tag: str) -> dict[str, Any]:
     """What determines every run of one evaluation (the run index is added per run)."""
-    from condense.synthetic import package_version
+    from condense.io import package_version
 
     return {"v": 1, "condense": package_version(), "device": settings.device, "data": data,
             "protocol": settings.protocol.to_json(), "arch": arch, "lr": lr, "tag": tag, "seed": settings.seed,

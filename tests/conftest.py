@@ -13,9 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from condense.runtime import tune_allocator
-
-tune_allocator()
 torch.set_num_threads(2)
 
 N_TRAIN, N_TEST = 24, 8

@@ -199,21 +199,3 @@ def test_soft_label_teacher_comes_from_the_file_unless_given(monkeypatch, capsys
     s.save(out)
     code, _, err = cli(monkeypatch, capsys, "eval", out, *common)
     assert code == 1 and "names its teacher" in " ".join(err.split())
-
-
-def test_the_executable_exits_without_torch_destructors_but_keeps_codes_output_and_handlers(data_root, tmp_path):
-    """`entry` ends through `runtime.exit_now`: exit codes as documented, stdout flushed, atexit run."""
-    import subprocess
-
-    out = tmp_path / "r.h5"
-    code = ("import atexit, sys\n"
-            "atexit.register(lambda: print('handler ran'))\n"
-            "from condense.cli import entry\n"
-            f"sys.argv = ['condense', 'distill', '--algo', sys.argv[1], '--ipc', '2', '--out', {str(out)!r},"
-            f" '--data-root', {str(data_root)!r}, '--quiet']\n"
-            "entry()\n")
-    ok = subprocess.run([sys.executable, "-c", code, "random"], capture_output=True, text=True, timeout=300)
-    assert ok.returncode == 0, ok.stderr
-    assert "handler ran" in ok.stdout and condense.load(out).counts() == [2] * 10
-    bad = subprocess.run([sys.executable, "-c", code, "nosuchmethod"], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 1 and "nosuchmethod" in bad.stdout + bad.stderr and "handler ran" in bad.stdout

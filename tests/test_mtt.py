@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from algorithms.base import Context, config_from
-from algorithms.mtt import MTT, expert_recipe, kmeans
-from condense.artifacts import Artifacts
+from algorithms.mtt import MTT, kmeans
+from condense import fast
+from condense.artifacts import Artifacts, expert_recipe
 
 
 class FakeExperts(Artifacts):
@@ -32,7 +33,7 @@ def make(real, tmp_path, **over):
     return a
 
 
-def grads_of(real, tmp_path, memory, **over):
+def grads_of(real, tmp_path, memory, fast_paths=True, **over):
     a = make(real, tmp_path, memory=memory, **over)
     torch.manual_seed(0)
     a.ctx.generator.manual_seed(5)
@@ -44,7 +45,8 @@ def grads_of(real, tmp_path, memory, **over):
     targets = a.targets(expert, 0)
     from algorithms import mtt
 
-    loss = (mtt.unroll if memory == "unroll" else mtt.recompute)(a, start, plan, targets, 1.3).sum()
+    with fast.use(fast_paths):
+        loss = (mtt.unroll if memory == "unroll" else mtt.recompute)(a, start, plan, targets, 1.3).sum()
     out = {"images": a.images.grad.clone(), "lr": a.log_lr.grad.clone(), "loss": loss}
     if a.soft is not None:
         out["soft"] = a.soft.grad.clone()
@@ -66,8 +68,9 @@ def test_recompute_gives_the_same_gradients_as_unroll(real, tmp_path, over):
 
 
 def test_fast_convolutions_give_the_same_gradients(real, tmp_path):
-    a = grads_of(real, tmp_path, "unroll", fast_conv=False)
-    b = grads_of(real, tmp_path, "recompute", fast_conv=True)
+    """The fast paths (higher-order convolutions, pooling) against the plain ones, across memory modes."""
+    a = grads_of(real, tmp_path, "unroll", fast_paths=False)
+    b = grads_of(real, tmp_path, "recompute", fast_paths=True)
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     assert torch.allclose(a["images"], b["images"], atol=1e-5 * a["images"].abs().max(), rtol=1e-4)
     assert torch.allclose(a["lr"], b["lr"], rtol=1e-4, atol=1e-10)
@@ -161,25 +164,3 @@ def test_out_of_range_settings_are_one_clear_error(real, tmp_path, bad, words):
 
     with pytest.raises(CondenseError, match=words):
         make(real, tmp_path, **bad)
-
-
-def test_unroll_on_cpu_restarts_the_cli_once_with_huge_pages(real, tmp_path):
-    """glibc reads its tunables at start only; a CLI process re-runs its own command line with them."""
-    import subprocess
-    import sys
-
-    from condense import runtime
-
-    assert make(real, tmp_path, memory="unroll").wants_huge_pages()
-    assert not make(real, tmp_path, memory="recompute").wants_huge_pages()
-    runtime.restart_with_huge_pages()  # inside a test (not the CLI entry point): nothing happens
-    code = ("import os\n"
-            "from condense import runtime\n"
-            "print('tunables', repr(os.environ.get('GLIBC_TUNABLES', '')))\n"
-            "runtime.restartable = True\n"
-            "runtime.restart_with_huge_pages()\n"
-            "print('running on')\n")
-    env = {k: v for k, v in __import__("os").environ.items() if k != "GLIBC_TUNABLES"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["tunables ''", f"tunables '{runtime.HUGE_PAGES}'", "running on"]

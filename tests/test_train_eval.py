@@ -163,7 +163,7 @@ def test_shortened_protocol_says_it_is_modified():
 ])
 def test_stacked_runs_train_exactly_like_separate_runs(arch, cfg):
     """Runs trained together as a ConvNetStack end where each run trained alone ends (same seeds)."""
-    from condense.models import ConvNetStack
+    from evaluators.stack import ConvNetStack
     from condense.train import accuracy_runs, train_runs
     g = torch.Generator().manual_seed(0)
     x, y, xt = torch.randn(40, 1, 28, 28, generator=g), torch.arange(40) % 10, torch.randn(20, 1, 28, 28, generator=g)

@@ -1,0 +1,211 @@
+"""The `condense eval` job: settings checked before any training, every set and the random baseline
+evaluated under one protocol, DD-Ranking's scores added. The CLI only parses into an `EvalRequest`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional
+
+from condense.artifacts import Artifacts, cache_root
+from condense.data import RealData, load_dataset
+from condense.errors import CondenseError
+from condense.models import MODELS
+from condense.progress import Reporter
+from condense.runtime import derive_seed, make_generator, resolve_device
+from condense.synthetic import SyntheticSet, load
+from evaluators.metrics import add_ars, add_scores
+from evaluators.plot import need_matplotlib
+from evaluators.protocols import get_protocol
+from evaluators.report import Report, Row
+from evaluators.retrain import EvalSettings, RunCache, evaluate_random, evaluate_set
+from evaluators.softlabel import load_teacher
+
+Sets = list[tuple[Path, SyntheticSet]]
+
+
+@dataclass
+class EvalRequest:
+    """What `condense eval` was asked for (the CLI's options, documented there)."""
+
+    files: list[Path]
+    protocol: str = "dsa"
+    epochs: Optional[int] = None
+    arch: Optional[str] = None
+    runs: Optional[int] = None
+    baseline: Optional[str] = None
+    dataset: Optional[str] = None
+    no_decode: bool = False
+    compile: bool = True
+    teacher: Optional[str] = None
+    teacher_epochs: Optional[int] = None
+    teacher_num: Optional[int] = None
+    fresh: bool = False
+    stack: Optional[bool] = None
+    select: str = "final"
+    select_every: int = 0
+    lr_grid: Optional[str] = None
+    val_size: int = 500
+    plot: Optional[Path] = None
+    ars: bool = False
+    full_acc: Optional[float] = None
+    seed: int = 0
+    device: str = "auto"
+    data_root: Optional[Path] = None
+
+
+def make_settings(protocol: str, epochs: Optional[int], arch: Optional[str], runs: Optional[int], seed: int,
+                  compile: bool, select: str = "final", select_every: int = 0,
+                  lr_grid: Optional[str] = None) -> EvalSettings:
+    """Evaluation settings from the command line's words, every value checked."""
+    if epochs is not None and epochs < 1:
+        raise CondenseError(f"--epochs must be positive (got {epochs}).")
+    proto = get_protocol(protocol).with_epochs(epochs)
+    archs = [a.strip() for a in (arch or proto.arch).split(",") if a.strip()]
+    for a in archs:
+        MODELS.get(a)
+    n_runs = runs if runs is not None else proto.runs
+    if n_runs < 1:
+        raise CondenseError(f"--runs must be at least 1 (got {n_runs}).")
+    try:
+        grid = [float(v) for v in (lr_grid or "").split(",") if v.strip()]
+    except ValueError:
+        raise CondenseError(f"--lr-grid takes comma-separated numbers, e.g. 0.003,0.01,0.03 (got '{lr_grid}').") from None
+    return EvalSettings(proto, archs, n_runs, seed, compile, select, select_every, None, grid)
+
+
+def run_cache(root=None, read: bool = True) -> RunCache:
+    """Where finished evaluation runs are kept: <artifact cache>/evals."""
+    return RunCache(cache_root(root) / "evals", read)
+
+
+def teacher_spec(sets: Sets, archs: Optional[str], epochs: Optional[int], num: Optional[int]) -> tuple[str, int, int]:
+    """The teachers for soft labels: the command line's, else the one the files name in their `teacher`
+    attribute (JSON: {"arch": "convnet,...", "epochs": 15, "num": 1}), else one ConvNet-3 of 15 epochs."""
+    named = set()
+    for p, s in sets:
+        if s.meta.teacher:
+            try:
+                t = json.loads(s.meta.teacher)
+                named.add((str(t["arch"]), int(t.get("epochs", 15)), int(t.get("num", 1))))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise CondenseError(f"{p} names its teacher as {s.meta.teacher!r}, which is not the JSON "
+                                    f'{{"arch": ..., "epochs": ..., "num": ...}} condense reads; pass --teacher, '
+                                    f"--teacher-epochs and --teacher-num instead.") from None
+    if len(named) > 1 and archs is None:
+        raise CondenseError(f"The files name different teachers ({sorted(named)}); evaluate them separately or "
+                            f"choose one with --teacher/--teacher-epochs/--teacher-num.")
+    file_arch, file_epochs, file_num = named.pop() if named else ("convnet", 15, 1)
+    return (archs or file_arch, epochs if epochs is not None else file_epochs, num if num is not None else file_num)
+
+
+def attach_teacher(settings: EvalSettings, real: RealData, archs: str, epochs: int, num: int, reporter: Reporter,
+                   cache=None) -> None:
+    """Soft-label protocols: load (or train and cache) the teachers into `settings`."""
+    if settings.protocol.labels == "hard":
+        return
+    store = Artifacts(cache, reporter, real.device, compile=settings.compile)  # --no-compile reaches the teachers too
+    settings.teacher = load_teacher(store, real, [a.strip() for a in archs.split(",") if a.strip()], epochs, num)
+
+
+def check_sets(sets: Sets, settings: EvalSettings, reporter: Reporter) -> None:
+    """Every refusal before any training (teachers can take many minutes), and notes on what the
+    protocol will do with each file."""
+    proto = settings.protocol
+    for p, s in sets:
+        if s.soft_labels is not None and proto.labels == "hard":
+            reporter.log(f"note: {p} stores soft labels, but protocol {proto.name} trains on its hard labels, so "
+                         f"the number below ignores them (--protocol kd-static uses them).")
+        if proto.labels != "hard" and s.preprocess.pixel_space == "zca":
+            raise CondenseError(f"{p} is stored in ZCA space; the soft-label protocols need teachers in that space, "
+                                f"which condense does not build yet. Evaluate it with a hard-label protocol.")
+        if settings.val is not None and s.preprocess.pixel_space == "zca":
+            raise CondenseError("--select val with ZCA-whitened sets is not supported yet; use final.")
+        if proto.labels == "static" and s.soft_labels is not None:
+            kind, temp = s.soft_attrs.get("kind", "logits"), s.soft_attrs.get("temperature")
+            if kind == "probs" and proto.train.temperature != 1:
+                raise CondenseError(f"{p} stores soft labels as probabilities, which cannot be re-softened at the "
+                                    f"protocol's temperature {proto.train.temperature:g}. Store logits, or evaluate "
+                                    f"with a hard-label protocol.")
+            if temp is not None and float(temp) != proto.train.temperature:
+                reporter.log(f"note: {p}'s soft labels were made at temperature {float(temp):g}; protocol "
+                             f"{proto.name} softens them at {proto.train.temperature:g}, and labels the random "
+                             f"baseline with condense's teachers instead.")
+
+
+def targets_of(s: SyntheticSet, settings: EvalSettings) -> str:
+    """What a set's runs train towards under the protocol (the report's `targets`): evaluate_set's rule."""
+    if settings.protocol.labels == "hard":
+        return "hard labels"
+    if settings.protocol.labels == "static" and s.soft_labels is not None:
+        return f"the file's soft labels ({s.soft_attrs.get('kind', 'logits')})"
+    return "teacher"
+
+
+def evaluate_sets(sets: Sets, real: RealData, settings: EvalSettings, baseline: bool, no_decode: bool,
+                  reporter: Reporter) -> Report:
+    """Evaluate (path, SyntheticSet) pairs and, if asked, the random baseline of each IPC."""
+    report = Report(settings.protocol, real.info.name, settings.seed)
+    for path, s in sets:
+        res = evaluate_set(s, real, settings, reporter, label=Path(path).name)
+        method = (s.meta.algorithm or "?") + (" (stored, no decode)" if no_decode and s.compact_attrs else "")
+        report.rows.append(Row(method, s.meta.ipc, str(path), res, settings.select,
+                               extra={"train_images": len(s), "stored_images": s.stored_images(),
+                                      "compiled": settings.compile, "stacked": settings.stack,
+                                      "labels": settings.protocol.labels, "targets": targets_of(s, settings),
+                                      **({"teacher": settings.teacher.description} if settings.teacher else {})}))
+    if baseline:
+        done = set()
+        for _, s in sets:
+            key = (s.meta.ipc, s.meta.pixel_space)
+            if key not in done:
+                done.add(key)
+                res = evaluate_random(real.with_preprocess(s.preprocess), s.meta.ipc, settings, reporter)
+                report.rows.append(Row("random (real subset)", s.meta.ipc, "baseline", res, settings.select))
+    return report
+
+
+def evaluate_files(req: EvalRequest, reporter: Reporter,
+                   announce: Callable[[EvalSettings], None] = lambda s: None) -> Report:
+    """`condense eval`: check everything, load the sets and the data, evaluate, add the scores.
+    `announce` is called once the protocol is settled, before the first network trains."""
+    settings = make_settings(req.protocol, req.epochs, req.arch, req.runs, req.seed, req.compile, req.select,
+                             req.select_every, req.lr_grid)
+    settings.cache = run_cache(read=not req.fresh)
+    if req.baseline not in (None, "random"):
+        raise CondenseError(f"--baseline '{req.baseline}' is not known; the baseline is 'random'.")
+    if req.plot:
+        need_matplotlib()
+    if (req.ars or req.full_acc is not None) and req.baseline != "random":
+        raise CondenseError(f"{'--ars' if req.ars else '--full-acc'} needs --baseline random (the scores compare the "
+                            f"set with a random real subset of the same IPC).")
+    if req.full_acc is not None and settings.protocol.labels != "hard":
+        raise CondenseError(f"--full-acc adds HLR, which compares hard-label accuracies, but protocol "
+                            f"{settings.protocol.name} uses soft labels. Compute HLR/LRS with a hard-label protocol "
+                            f"(e.g. dsa); under this protocol, IOR is the gap to the table's random row.")
+    sets: Sets = [(p, load(p)) for p in req.files]
+    if req.no_decode:
+        sets = [(p, s.stored_set()) for p, s in sets]
+    names = {req.dataset or s.meta.dataset for _, s in sets}
+    if len(names) > 1:
+        raise CondenseError(f"The files come from different datasets ({', '.join(sorted(names))}); evaluate one "
+                            f"dataset at a time.")
+    dev = resolve_device(req.device)
+    real = load_dataset(names.pop(), req.data_root, device=dev)
+    if req.select == "val":
+        real, settings.val = real.holdout(req.val_size, make_generator(derive_seed(req.seed, "validation-split")))
+    settings.device = dev.type
+    settings.stack = (dev.type == "cuda") if req.stack is None else req.stack  # measured slower on CPU (RESULTS.md)
+    check_sets(sets, settings, reporter)
+    if settings.protocol.labels != "hard":
+        attach_teacher(settings, real, *teacher_spec(sets, req.teacher, req.teacher_epochs, req.teacher_num),
+                       reporter)
+    announce(settings)
+    report = evaluate_sets(sets, real, settings, req.baseline == "random", req.no_decode, reporter)
+    if req.full_acc is not None:
+        add_scores(report, req.full_acc / 100 if req.full_acc > 1 else req.full_acc)
+    if req.ars:
+        plain = replace(settings, protocol=settings.protocol.without_augmentation())
+        add_ars(report, evaluate_sets(sets, real, plain, True, req.no_decode, reporter))
+    return report
