@@ -91,7 +91,7 @@ class DSA:
 
     def without(self, family: str) -> "DSA":
         """The same augmentation minus one family (e.g. no flip for digits)."""
-        kept = "_".join(f for f in self.families if f != family) or "none"  # noqa: keeps the mode below
+        kept = "_".join(f for f in self.families if f != family) or "none"  # keeps the mode below
         return DSA(kept, self.mode, self.brightness, self.saturation, self.contrast, self.crop_ratio,
                    self.cutout_ratio, self.flip_p, self.scale_ratio, self.rotate_deg, self.rrc_min_area,
                    self.align_corners)

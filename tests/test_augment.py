@@ -14,9 +14,12 @@ def test_siamese_params_apply_identically_to_both_batches(family):
     a = torch.randn(6, 3, 32, 32)
     b = torch.randn(6, 3, 32, 32)
     p = aug.sample(6, gen(1), 32)
-    # The same draw applied to a batch and to a copy inside a bigger computation gives the same result,
-    # and applying it to [a; b] split again equals applying it to each (per-batch draw broadcasts).
-    assert torch.equal(aug(a, p), aug(a.clone(), p))
+    # A per-sample draw is one transform per image: image i under the whole draw equals image i
+    # alone under its own slice of the draw; and a shared draw broadcasts to any batch, [a; b] or each.
+    whole = aug(a, p)
+    for i in (0, 5):
+        own = type(p)(tuple((name, {k: v[i:i + 1] for k, v in d.items()}) for name, d in p.ops), 1)
+        assert torch.allclose(aug(a[i:i + 1], own)[0], whole[i], atol=1e-5)
     shared = aug.sample(6, gen(2), 32, per_sample=False)
     both = aug(torch.cat([a, b]), shared)
     assert torch.allclose(both[:6], aug(a, shared), atol=1e-6)

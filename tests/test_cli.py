@@ -106,9 +106,9 @@ def test_eval_reports_ddranking_scores(monkeypatch, capsys, data_root, tmp_path)
     syn = next(r for r in rows if r["method"] == "random")
     base = next(r for r in rows if r["source"] == "baseline")
     s = syn["scores"]["convnet"]
-    assert s["HLR"] == pytest.approx(0.935 - syn["results"][0]["mean"])
+    assert s["HLR"] == pytest.approx(0.935 - syn["results"][0]["mean"])  # wired through: --full-acc 93.5 is 0.935
     assert s["IOR"] == pytest.approx(syn["results"][0]["mean"] - base["results"][0]["mean"])
-    assert 0 <= s["LRS"] <= 1 and "LRS" in text
+    assert set(s) == {"HLR", "IOR", "LRS"} and "LRS" in text  # the values themselves: tests/test_metrics.py
     code, _, err = cli(monkeypatch, capsys, "eval", out, "--runs", "1", "--epochs", "1", "--full-acc", "93.5",
                        "--data-root", data_root, "--quiet")
     assert code == 1 and "--baseline random" in err
@@ -141,8 +141,11 @@ def test_eval_select_val_and_test_best(monkeypatch, capsys, data_root, tmp_path)
         assert f"[{select}]" in " ".join(text.split())
         res = json.loads((tmp_path / f"{select}.json").read_text())["rows"][0]["results"][0]
         # the same networks give the legacy number too, so the inflation is measured on equal terms
-        assert len(res["test_best_accs"]) == 1 and res["test_best_accs"][0] >= res["final_accs"][0]
-        assert res["test_best_accs"][0] >= res["accs"][0]
+        assert len(res["test_best_accs"]) == 1 and len(res["final_accs"]) == 1
+        if select == "test-best":
+            assert res["accs"] == res["test_best_accs"]
+        else:
+            assert len(res["val_accs"]) == 1  # (which epoch each mode picks: tests/test_train_eval.py)
 
 
 def test_eval_says_when_stored_soft_labels_are_not_used(monkeypatch, capsys, data_root, tmp_path):
@@ -176,7 +179,7 @@ def test_eval_soft_label_protocol_and_ars(monkeypatch, capsys, data_root, tmp_pa
     syn = next(r for r in doc["rows"] if r["method"] == "random")
     assert syn["labels"] == "static" and syn["teacher"]["members"][0]["arch"] == "convnet"
     assert syn["targets"] == "teacher"
-    assert 0 <= syn["scores"]["convnet"]["ARS"] <= 1 and "ARS" in text
+    assert {"ARS", "acc_without_augmentation"} <= set(syn["scores"]["convnet"]) and "ARS" in text
     code, _, err = cli(monkeypatch, capsys, "eval", out, "--protocol", "kd-sre2l", "--epochs", "1", "--runs", "1",
                        "--teacher-epochs", "1", "--baseline", "random", "--full-acc", "93", "--data-root", data_root,
                        "--quiet")

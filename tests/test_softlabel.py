@@ -18,9 +18,14 @@ def test_mixup_mixes_images_with_one_lambda_and_is_seeded():
     a = mixup(x, y, make_generator(0), 0.8)
     b = mixup(x, y, make_generator(0), 0.8)
     xm, ya, yb, lam = a
-    assert 0 < lam < 1 and lam == b[3] and torch.equal(xm, b[0]) and torch.equal(ya, y)
+    assert lam == b[3] and torch.equal(xm, b[0]) and torch.equal(ya, y)
     perm = yb  # labels are 0..5, so the partner labels are the permutation itself
     assert torch.allclose(xm, lam * x + (1 - lam) * x[perm])
+    # lambda ~ Beta(alpha, alpha): small alpha puts it near 0 or 1, alpha = 1 is uniform (mean 1/2)
+    g = make_generator(1)
+    near_ends = [min(l, 1 - l) < 0.05 for l in (mixup(x, y, g, 0.1)[3] for _ in range(400))]
+    uniform = torch.tensor([mixup(x, y, g, 1.0)[3] for _ in range(400)])
+    assert sum(near_ends) > 200 and abs(float(uniform.mean()) - 0.5) < 0.05
 
 
 def test_random_resized_crop_stays_inside_the_image_and_differs_per_sample():
@@ -60,27 +65,24 @@ def test_mode_m_teacher_labels_exactly_the_batch_the_student_sees():
     assert not torch.equal(student.seen[0], x[:8])  # augmented and CutMix-ed, not the raw images
 
 
-def test_static_mixup_interpolates_stored_logits_with_the_image_lambda():
-    """With MixUp and stored logits the loss target is lam z_i + (1 - lam) z_j: checked by giving every image
-    of a run the same logits, so any interpolation leaves them unchanged and a two-term loss would not."""
+def test_static_mixup_interpolates_stored_logits_with_the_image_lambda(monkeypatch):
+    """With MixUp and stored logits the loss target is lam z_i + (1 - lam) z_j, with the lambda and the
+    partner of the images (spied on), not a two-term loss against z_i and z_j."""
+    import condense.train as tr
+
     x = torch.randn(8, 1, 28, 28)
-    z = torch.tensor([[4.0] + [0.0] * 9]).expand(8, 10)
+    z = torch.randn(8, 10) * 3  # every image its own logits
     cfg = TrainConfig(epochs=1, batch=8, optimizer="sgd", lr=0.0, weight_decay=0, augment="none", mixup=0.8,
                       loss="kl", temperature=1.0, kl_t2=False)
-    seen = []
-    import condense.train as tr
-    real_loss = tr.loss_fn
-
-    def spy(c, logits, target):
-        seen.append(target.clone())
-        return real_loss(c, logits, target)
-
-    tr.loss_fn = spy
-    try:
-        train_model(build_model("convnet", 1, 10, 28, seed=0, width=8), TrainData.tensors(x, z), cfg, make_generator(0))
-    finally:
-        tr.loss_fn = real_loss
-    assert len(seen) == 1 and torch.allclose(seen[0], z)
+    draws, targets = [], []
+    real_mixup, real_loss = tr.mixup, tr.loss_fn
+    monkeypatch.setattr(tr, "mixup", lambda *a: draws.append(real_mixup(*a)) or draws[-1])
+    monkeypatch.setattr(tr, "loss_fn", lambda c, logits, t: targets.append(t.clone()) or real_loss(c, logits, t))
+    train_model(build_model("convnet", 1, 10, 28, seed=0, width=8), TrainData.tensors(x, z), cfg, make_generator(0))
+    (_, ya, yb, lam), = draws
+    assert 0.05 < lam < 0.95  # (seeded) a lambda that tells the two partners apart
+    assert len(targets) == 1 and torch.allclose(targets[0], lam * ya + (1 - lam) * yb)
+    assert not torch.allclose(targets[0], ya)
 
 
 def _set(real, soft=None):

@@ -52,7 +52,9 @@ def test_loaded_set_is_a_torch_dataset(tmp_path):
     assert batch[0].shape == (4, 1, 8, 8)
     soft = condense.load(tmp_path / "s.h5", soft=True)
     assert soft[1][1].shape == (3,)
-    assert t.to_pixels().min() >= 0 and t.to_pixels().max() <= 1
+    # pixels = images * std + mean (0.25 and 0.5 in make_set), then clamped to [0, 1]
+    assert torch.allclose(t.preprocess.to_pixels(t.images, clamp=False), t.images * 0.25 + 0.5)
+    assert torch.equal(t.to_pixels(), (t.images * 0.25 + 0.5).clamp(0, 1))
     assert t.stored_images() == 2 and t.counts() == [2, 2, 2]
 
 
