@@ -195,6 +195,23 @@ def configure(algo: str, dataset: str, ipc: int, preset: str | None = None, over
     return cls, cfg, execution
 
 
+def build(algo: str, real: RealData, ipc: int, preset: str | None = None, overrides: dict[str, Any] | None = None,
+          iters: int | None = None, seed: int = 0, artifacts: Artifacts | None = None) -> Algorithm:
+    """A configured method on `real`'s device (see `configure`), ready for the driver."""
+    cls, cfg, execution = configure(algo, real.info.name, ipc, preset, overrides, iters)
+    return cls(cfg, real, Context(real.device, seed, artifacts or Artifacts(device=real.device), execution))
+
+
+def artifacts_for(algo: str, dataset: str, ipc: int, preset: str | None = None,
+                  overrides: dict[str, Any] | None = None) -> list[tuple[str, TrainConfig, int]]:
+    """The trained networks a configured method will ask for (`condense teachers --pool`)."""
+    cls, cfg, _ = configure(algo, dataset, ipc, preset, overrides)
+    jobs = cls.artifacts_needed(cfg)
+    if not jobs:
+        raise CondenseError(f"{cls.name} needs no pretrained networks; nothing to build.")
+    return jobs
+
+
 def applicable(cls: type[Algorithm], overrides: dict[str, Any]) -> dict[str, Any]:
     """The overrides that are settings of `cls` (its own or execution settings)."""
     known = {f.name for f in fields(cls.Config)} | Execution.names()

@@ -142,6 +142,16 @@ class Artifacts:
         self.reporter.log(f"cached {path.name}: test accuracy {acc:.2%} after {seconds:.0f}s")
         return record
 
+    def summary(self, real: RealData, jobs: list[tuple[str, TrainConfig, int]]) -> list[tuple[str, ...]]:
+        """(arch, seed, epochs, test accuracy %, training seconds, file name) of each (arch, recipe, seed),
+        trained first where missing."""
+        rows = []
+        for arch, recipe, seed in jobs:
+            m = self.trained_record(real, arch, recipe, seed=seed)["meta"]
+            rows.append((arch, str(seed), str(recipe.epochs), f"{100 * m['test_accuracy']:.2f}", f"{m['seconds']:.0f}",
+                         self.path(self.describe(real, arch, recipe, seed)).name))
+        return rows
+
     # ---- expert trajectories -------------------------------------------------------------------
 
     def expert_path(self, real: RealData, arch: str, recipe: TrainConfig, index: int) -> Path:
@@ -173,6 +183,13 @@ class Artifacts:
         path.with_suffix(".partial.pt").unlink(missing_ok=True)
         self.reporter.log(f"cached {path.parent.name}/{path.name}: {params.shape[0] - 1} epochs in {seconds:.0f}s")
         return params
+
+    def experts(self, real: RealData, arch: str, recipe: TrainConfig, num: int) -> tuple[Path, int]:
+        """Experts 0..num-1 (built where missing): their folder and its size in bytes."""
+        for i in range(num):
+            self.expert(real, arch, recipe, i)
+        folder = self.expert_path(real, arch, recipe, 0).parent
+        return folder, sum(p.stat().st_size for p in folder.glob("*.h5"))
 
     # ---- shared training with per-epoch checkpoints ----------------------------------------------
 

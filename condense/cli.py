@@ -1,9 +1,7 @@
-"""The `condense` command line (typer): distill, eval, bench, teachers, experts, show, info, export.
-
-The application shell, and the one core module that imports `algorithms` and `evaluators` (to
-fill the registries and wire commands). It parses and wires; the work lives in `condense/run.py`,
-`algorithms/` and `evaluators/`. Exit codes: 0 success, 1 user error (a one-paragraph message, no
-traceback), 2 internal error (a bug: the traceback is printed), 130 interrupted.
+"""The `condense` command line (typer): the application shell, the one core module that imports
+`algorithms` and `evaluators`. It parses and wires; the work lives in `condense/run.py`, `algorithms/`
+and `evaluators/`. Exit codes: 0 success, 1 user error (a one-paragraph message, no traceback),
+2 internal error (a bug: the traceback is printed), 130 interrupted.
 """
 from __future__ import annotations
 
@@ -14,6 +12,9 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
 
 from condense.errors import CondenseError
 
@@ -32,10 +33,15 @@ Dataset = typer.Option("fashion-mnist", "--dataset", help="fashion-mnist, mnist,
                        "tiny-imagenet, imagefolder:PATH[@SIZE].")
 
 
-def _console():
-    from rich.console import Console
-
+def _console() -> Console:
     return Console(stderr=True)
+
+
+def _table(title: str, rows, columns: tuple[str, ...] = ()) -> None:
+    table = Table(*columns, title=title, title_justify="left", show_header=bool(columns))
+    for row in rows:
+        table.add_row(*(str(v) for v in row))
+    Console().print(table)
 
 
 def _reporter(quiet: bool):
@@ -90,104 +96,69 @@ def _distill_one(algo: str, ipc: int, real, out: Path, preset: Optional[str], ov
                  eval_every: int = 0):
     """Build the configured algorithm and run it through the driver (shared by distill and bench)."""
     import algorithms  # noqa: F401  (fills the registry)
-    from algorithms.base import Context, configure
+    from algorithms.base import build
     from condense.artifacts import Artifacts
     from condense.run import RunSpec, run_distill
 
-    cls, cfg, execution = configure(algo, real.info.name, ipc, preset, overrides, iters)
-    ctx = Context(real.device, seed, Artifacts(cache, reporter, real.device, compile=True), execution)
-    evaluate = None
-    if eval_every:
-        from evaluators.protocols import get_protocol
-        from evaluators.retrain import EvalSettings, evaluate_set
+    method = build(algo, real, ipc, preset, overrides, iters, seed, Artifacts(cache, reporter, real.device, compile=True))
+    from evaluators.retrain import quick_evaluation
 
-        quick = get_protocol("dsa").with_epochs(300)
-        settings = EvalSettings(quick, [quick.arch], 1, seed, compile=True)
-        evaluate = lambda s: evaluate_set(s, real, settings)[0].mean  # noqa: E731
-    spec = RunSpec(cls.name, real.info.name, ipc, out, seed, preset, iters, overrides, ckpt_every, resume, eval_every,
-                   real.pre.pixel_space == "zca")
+    evaluate = quick_evaluation(real, seed) if eval_every else None
+    spec = RunSpec(method.name, real.info.name, ipc, out, seed, preset, iters, overrides, ckpt_every, resume,
+                   eval_every, real.pre.pixel_space == "zca")
     t0 = time.time()
-    synth = run_distill(cls(cfg, real, ctx), spec, reporter, evaluate)
+    synth = run_distill(method, spec, reporter, evaluate)
     reporter.log(f"wrote {out}: {len(synth)} images ({synth.meta.ipc} per class, {synth.meta.dataset}, "
-                 f"{cls.name}) in {time.time() - t0:.1f}s")
-    return synth
+                 f"{method.name}) in {time.time() - t0:.1f}s")
 
 
 @app.command("eval")
 def eval_(
     files: List[Path] = typer.Argument(..., help="Synthetic sets (synth.h5) to evaluate."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="Comma-separated architectures (default: the "
-                                       "protocol's, convnet)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Comma-separated architectures (default: the protocol's)."),
     runs: Optional[int] = typer.Option(None, "--runs", help="Networks trained per architecture (default 5)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the protocol's epochs (labelled)."),
     protocol: str = typer.Option("dsa", "--protocol", help="Named evaluation protocol (assets/protocols)."),
-    baseline: Optional[str] = typer.Option(None, "--baseline", help="'random': add a random real subset of the "
-                                           "same IPC under the same protocol."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="random: add a random real subset, same protocol."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the table as Markdown."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset to test on (default: the file's)."),
-    no_decode: bool = typer.Option(False, "--no-decode", help="Train on the stored (compact) images instead of "
-                                   "the decoded set, to compare equal image counts."),
-    compile: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile the networks' forward "
-                                 "(same math, about 2x faster on CPU; results differ from eager only by float "
-                                 "rounding)."),
-    teacher: Optional[str] = typer.Option(None, "--teacher", help="Soft-label protocols (kd-static, kd-sre2l): the "
-                                          "teacher architectures, comma-separated (their mean logits are the "
-                                          "labels). Default: the file's `teacher` attribute, else convnet."),
-    teacher_epochs: Optional[int] = typer.Option(None, "--teacher-epochs", help="Epochs of the teachers' training on "
-                                                 "the whole training split (cached; `condense teachers` builds them "
-                                                 "ahead). Default: the file's, else 15."),
-    teacher_num: Optional[int] = typer.Option(None, "--teacher-num", help="Teachers per architecture (seeds "
-                                              "0..N-1). Default: the file's, else 1."),
-    fresh: bool = typer.Option(False, "--fresh", help="Retrain every run even if the run cache has it (finished "
-                               "runs are cached, so an interrupted evaluation, run again, continues; fresh "
-                               "results replace the cached ones)."),
-    stack: Optional[bool] = typer.Option(None, "--stack/--no-stack", help="Train the runs of a ConvNet together "
-                                         "as one grouped network (each run computes what it would alone; fewer, "
-                                         "larger passes). Default: on CUDA only (on CPU it measured slower)."),
-    select: str = typer.Option("final", "--select", help="final: last epoch (default); val: the epoch chosen on a "
-                               "held-out split of the real training set; test-best: the legacy best test "
-                               "accuracy over checkpoints (optimistic; labelled)."),
-    select_every: int = typer.Option(0, "--select-every", help="Checkpoint interval for val/test-best (default: "
-                                     "a tenth of the epochs)."),
-    lr_grid: Optional[str] = typer.Option(None, "--lr-grid", help="With --select val: comma-separated learning "
-                                          "rates; every run is trained at each and the lr with the best mean "
-                                          "validation accuracy is reported (costs one evaluation per lr)."),
+    no_decode: bool = typer.Option(False, "--no-decode", help="Train on the stored (compact) images, not the decoded."),
+    compile: bool = typer.Option(True, "--compile/--no-compile", help="torch.compile the networks (same math up to "
+                                 "rounding; about 2x faster on CPU)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Soft-label protocols: teacher architectures, "
+                                          "comma-separated (default: the file's, else convnet)."),
+    teacher_epochs: Optional[int] = typer.Option(None, "--teacher-epochs", help="Teachers' epochs on the whole "
+                                                 "training split (cached; default: the file's, else 15)."),
+    teacher_num: Optional[int] = typer.Option(None, "--teacher-num", help="Teachers per architecture (default 1)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Retrain runs the run cache has (else an interrupted eval "
+                               "continues where it stopped)."),
+    stack: Optional[bool] = typer.Option(None, "--stack/--no-stack", help="Train a ConvNet's runs as one grouped "
+                                         "network (same numbers; default: on CUDA only)."),
+    select: str = typer.Option("final", "--select", help="final (last epoch) | val (epoch chosen on held-out "
+                               "training images) | test-best (legacy, optimistic, labelled)."),
+    select_every: int = typer.Option(0, "--select-every", help="Checkpoint interval for val/test-best."),
+    lr_grid: Optional[str] = typer.Option(None, "--lr-grid", help="With --select val: comma-separated lrs; the best "
+                                          "mean validation accuracy picks one."),
     val_size: int = typer.Option(500, "--val-size", help="Validation images held out per class for --select val."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw accuracy vs IPC per method as a PNG (needs "
-                                        "matplotlib: pip install condense-dd with the plot extra)."),
-    ars: bool = typer.Option(False, "--ars", help="With --baseline random: also evaluate everything without "
-                             "augmentation and add DD-Ranking's ARS (doubles the cost)."),
-    full_acc: Optional[float] = typer.Option(None, "--full-acc", help="Test accuracy (%) of the architecture trained "
-                                             "on the whole training set (condense teachers); with --baseline "
-                                             "random it adds DD-Ranking's HLR, IOR and LRS to the JSON and table."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw accuracy vs IPC as a PNG (matplotlib)."),
+    ars: bool = typer.Option(False, "--ars", help="With --baseline random: add DD-Ranking's ARS (also evaluates "
+                             "without augmentation)."),
+    full_acc: Optional[float] = typer.Option(None, "--full-acc", help="Whole-data test accuracy (%) of the "
+                                             "architecture: adds DD-Ranking's HLR, IOR, LRS."),
     seed: int = Seed, device: str = Device, data_root: Optional[Path] = DataRoot, quiet: bool = Quiet,
 ) -> None:
     """Retrain fresh networks on synthetic sets and report test accuracy per IPC and architecture."""
-    from rich.console import Console
-    from rich.markup import escape
-
-    from condense.io import atomic_path
     from evaluators.evaluate import EvalRequest, evaluate_files
-    from evaluators.plot import plot_report
-
-    def announce(settings) -> None:
-        if not quiet:
-            p = settings.protocol
-            _console().print(f"protocol [bold]{escape(p.name)}[/] {escape(f'[{p.hash}]')}: {escape(p.description)}")
 
     req = EvalRequest(files, protocol, epochs, arch, runs, baseline, dataset, no_decode, compile, teacher,
                       teacher_epochs, teacher_num, fresh, stack, select, select_every, lr_grid, val_size, plot, ars,
                       full_acc, seed, device, data_root)
-    report = evaluate_files(req, _reporter(quiet), announce)
+    report = evaluate_files(req, _reporter(quiet))
     report.print(Console())
-    if json_out:
-        report.save_json(json_out)
-    if markdown:
-        with atomic_path(Path(markdown)) as tmp:
-            tmp.write_text(report.to_markdown())
-    if plot:
-        plot_report(report, plot)
+    for path, write in ((json_out, report.save_json), (markdown, report.save_markdown), (plot, report.plot)):
+        if path:
+            write(path)
 
 
 @app.command()
@@ -203,51 +174,32 @@ def bench(
     runs: Optional[int] = typer.Option(None, "--runs"),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Add the random real subset's row."),
-    sets_dir: Path = typer.Option(Path("bench-sets"), "--sets-dir", help="Where the distilled sets are kept and "
-                                  "reused (an interrupted distillation resumes)."),
+    sets_dir: Path = typer.Option(Path("bench-sets"), "--sets-dir", help="Where sets are kept, reused and resumed."),
     out: Path = typer.Option(Path("bench.md"), "--out", help="Markdown report (with the commands behind it)."),
     json_out: Optional[Path] = typer.Option(None, "--json"),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Accuracy vs IPC per method as a PNG (needs "
-                                        "matplotlib: the plot extra of condense-dd)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Accuracy vs IPC as a PNG (matplotlib)."),
     cache: Optional[Path] = Cache, seed: int = Seed, device: str = Device, data_root: Optional[Path] = DataRoot,
     quiet: bool = Quiet,
 ) -> None:
     """The whole suite in one command: distill every method at every IPC (reusing sets already made),
     evaluate them and the random baseline under one protocol, write a report (and plot)."""
-    from rich.console import Console
-
     import algorithms
     from algorithms.base import applicable
-    from condense.run import preset_or_none
-    from evaluators.bench import BenchSet, run_bench, set_path
+    from evaluators.bench import BenchSet, plan_sets, run_bench
     from evaluators.evaluate import make_settings
 
     classes = [algorithms.ALGORITHMS.get(a.strip()) for a in algos.split(",") if a.strip()]
     overrides = _parse_sets(set_)
-    for key in overrides:
-        if not any(applicable(c, {key: 0}) for c in classes):
-            raise CondenseError(f"--set {key}: none of {', '.join(c.name for c in classes)} has this setting.")
-    try:
-        ipcs = [int(v) for v in ipc.split(",") if v.strip()]
-    except ValueError:
-        raise CondenseError(f"--ipc takes comma-separated integers, got '{ipc}'.") from None
+    mine = {c.name: applicable(c, overrides) for c in classes}  # each method: the --set values it has
     settings = make_settings(protocol, epochs, arch, runs, seed, True)
     reporter = _reporter(quiet)
     real = _real(dataset, data_root, device)
-    jobs = []
-    for k in ipcs:
-        for c in classes:
-            used, mine = preset_or_none(c.name, preset, real.info.name, k), applicable(c, overrides)
-            path = set_path(sets_dir, real.info.name, c.name, k, used, tag, seed)
-            jobs.append(BenchSet(c.name, k, path, f"condense distill --algo {c.name} --ipc {k} --dataset {real.info.name}"
-                                 f"{' --preset ' + used if used else ''}{''.join(f' --set {a}={b}' for a, b in mine.items())}"
-                                 f" --seed {seed} --out {path}"))
+    jobs = plan_sets(ipc, real.info.name, preset, overrides, mine, sets_dir, tag, seed)
 
     def make(s: BenchSet) -> None:
         ckpt = Path(str(s.path) + ".ckpt")
-        cls = algorithms.ALGORITHMS.get(s.algo)
-        _distill_one(s.algo, s.ipc, real, s.path, preset_or_none(s.algo, preset, real.info.name, s.ipc),
-                     applicable(cls, overrides), None, seed, cache, reporter, resume=ckpt if ckpt.is_file() else None)
+        _distill_one(s.algo, s.ipc, real, s.path, s.preset, mine[s.algo], None, seed, cache, reporter,
+                     resume=ckpt if ckpt.is_file() else None)
 
     report = run_bench(jobs, make, real, settings, baseline, out, json_out, plot, reporter, cache)
     report.print(Console())
@@ -257,13 +209,11 @@ def bench(
 def teachers(
     dataset: str = Dataset,
     arch: str = typer.Option("convnet", "--arch", help="Comma-separated architectures."),
-    epochs: int = typer.Option(15, "--epochs", help="Training epochs over the whole real training split (15: the "
-                               "soft-label protocols' default teacher)."),
+    epochs: int = typer.Option(15, "--epochs", help="Epochs over the whole training split (15: the soft-label default)."),
     num: int = typer.Option(1, "--num", help="Networks per architecture (seeds 0..num-1)."),
     lr: float = typer.Option(0.01, "--lr"),
     augment: str = typer.Option("none", "--augment", help="DSA strategy used while training, or none."),
-    pool: Optional[str] = typer.Option(None, "--pool", help="Build what a method needs instead (e.g. ncfm: its "
-                                       "feature-extractor pool), with its --preset / --set settings."),
+    pool: Optional[str] = typer.Option(None, "--pool", help="Build what a method needs instead (ncfm: its pool)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="With --pool: the method's preset."),
     ipc: int = typer.Option(10, "--ipc", help="With --pool: the IPC whose preset applies."),
     set_: List[str] = typer.Option([], "--set", help="With --pool: override a method setting."),
@@ -271,35 +221,22 @@ def teachers(
     cache: Optional[Path] = Cache, device: str = Device, data_root: Optional[Path] = DataRoot, quiet: bool = Quiet,
 ) -> None:
     """Train (or load from the cache) networks on the whole real training split; print test accuracy."""
-    from rich.console import Console
-    from rich.table import Table
-
     from condense.artifacts import Artifacts, teacher_recipe
 
     real = _real(dataset, data_root, device, zca)
     store = Artifacts(cache, _reporter(quiet), real.device, compile=True)
     if pool is not None:
         import algorithms  # noqa: F401  (fills the registry)
-        from algorithms.base import configure
+        from algorithms.base import artifacts_for
 
-        cls, cfg, _ = configure(pool, real.info.name, ipc, preset, _parse_sets(set_))
-        jobs = cls.artifacts_needed(cfg)
-        if not jobs:
-            raise CondenseError(f"{cls.name} needs no pretrained networks; nothing to build.")
-        title = f"{real.info.name}: networks for {cls.name} ({len(jobs)})"
+        jobs = artifacts_for(pool, real.info.name, ipc, preset, _parse_sets(set_))
+        title = f"{real.info.name}: networks for {pool} ({len(jobs)})"
     else:
         recipe = teacher_recipe(epochs, lr, augment)
         jobs = [(a.strip(), recipe, s) for a in arch.split(",") if a.strip() for s in range(num)]
         title = (f"{real.info.name}: networks trained on the whole training split ({epochs} epochs, SGD {lr}, "
                  f"cosine, augment {augment})")
-    table = Table(title=title, title_justify="left")
-    for col in ("arch", "seed", "epochs", "test acc (%)", "train time (s)", "file"):
-        table.add_column(col)
-    for a, recipe, s in jobs:
-        m = store.trained_record(real, a, recipe, seed=s)["meta"]
-        table.add_row(a, str(s), str(recipe.epochs), f"{100 * m['test_accuracy']:.2f}", f"{m['seconds']:.0f}",
-                      store.path(store.describe(real, a, recipe, s)).name)
-    Console().print(table)
+    _table(title, store.summary(real, jobs), ("arch", "seed", "epochs", "test acc (%)", "train time (s)", "file"))
 
 
 @app.command()
@@ -307,8 +244,7 @@ def experts(
     dataset: str = Dataset,
     arch: str = typer.Option("convnet", "--arch"),
     num: int = typer.Option(5, "--num", help="Number of expert trajectories."),
-    epochs: int = typer.Option(6, "--epochs", help="Epochs per expert: the largest start epoch trajectory "
-                               "matching uses plus its expert epochs (MTT needs no more)."),
+    epochs: int = typer.Option(6, "--epochs", help="Epochs per expert: max_start_epoch + expert_epochs suffice."),
     recipe: str = typer.Option("mtt", "--recipe", help="mtt (plain SGD, as MTT) or smooth (AST's smooth experts)."),
     zca: bool = typer.Option(False, "--zca", help="Train in ZCA-whitened space (distill with --zca too)."),
     cache: Optional[Path] = Cache, device: str = Device, data_root: Optional[Path] = DataRoot, quiet: bool = Quiet,
@@ -320,11 +256,8 @@ def experts(
         raise CondenseError("--num and --epochs must be at least 1.")
     real = _real(dataset, data_root, device, zca)
     store = Artifacts(cache, _reporter(quiet), real.device, compile=True)
-    rec, t0 = expert_recipe(recipe, epochs), time.time()
-    for i in range(num):
-        store.expert(real, arch, rec, i)
-    folder = store.expert_path(real, arch, rec, 0).parent
-    size = sum(p.stat().st_size for p in folder.glob("*.h5"))
+    t0 = time.time()
+    folder, size = store.experts(real, arch, expert_recipe(recipe, epochs), num)
     _console().print(f"{num} {recipe} experts of {arch} on {real.info.name} ({epochs} epochs each) in {folder} "
                      f"({size / 2**20:.1f} MB; {time.time() - t0:.0f}s this run)")
 
@@ -349,9 +282,6 @@ def show(
 def info(file: Path = typer.Argument(..., help="A synth.h5 file."),
          as_json: bool = typer.Option(False, "--json", help="Print the metadata as JSON.")) -> None:
     """Print a synthetic set's metadata, image counts and storage accounting."""
-    from rich.console import Console
-    from rich.table import Table
-
     from condense.synthetic import load
 
     s = load(file)
@@ -359,12 +289,8 @@ def info(file: Path = typer.Argument(..., help="A synth.h5 file."),
     if as_json:
         print(json.dumps(facts, indent=2, default=str))
         return
-    table = Table(show_header=False, title=str(file), title_justify="left")
-    for k, v in facts.items():
-        if v is not None and k != "meta":
-            table.add_row(k, str(v))
-    table.add_row("config", json.dumps(s.meta.config))
-    Console().print(table)
+    rows = [(k, v) for k, v in facts.items() if v is not None and k != "meta"]
+    _table(str(file), rows + [("config", json.dumps(s.meta.config))])
 
 
 @app.command()
@@ -391,7 +317,7 @@ def main() -> None:
         code = app(standalone_mode=False)
     except CondenseError as e:
         label = "stopped" if e.exit_code == 130 else "[bold red]error:[/]"
-        _console().print(f"{label} {e}", highlight=False)
+        _console().print(f"{label} {escape(str(e))}", highlight=False)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         _console().print("interrupted")

@@ -87,7 +87,7 @@ class RichReporter(Reporter):
 
     def log(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message)
+            self.console.print(message, markup=False, highlight=False)  # messages carry paths and [hashes]
 
     def warn(self, message: str) -> None:
         self.console.print(f"[yellow]warning:[/yellow] {message}")

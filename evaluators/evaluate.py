@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 from condense.artifacts import Artifacts, cache_root
 from condense.data import RealData, load_dataset
@@ -166,10 +166,8 @@ def evaluate_sets(sets: Sets, real: RealData, settings: EvalSettings, baseline: 
     return report
 
 
-def evaluate_files(req: EvalRequest, reporter: Reporter,
-                   announce: Callable[[EvalSettings], None] = lambda s: None) -> Report:
-    """`condense eval`: check everything, load the sets and the data, evaluate, add the scores.
-    `announce` is called once the protocol is settled, before the first network trains."""
+def evaluate_files(req: EvalRequest, reporter: Reporter) -> Report:
+    """`condense eval`: check everything, load the sets and the data, evaluate, add the scores."""
     settings = make_settings(req.protocol, req.epochs, req.arch, req.runs, req.seed, req.compile, req.select,
                              req.select_every, req.lr_grid)
     settings.cache = run_cache(read=not req.fresh)
@@ -201,7 +199,8 @@ def evaluate_files(req: EvalRequest, reporter: Reporter,
     if settings.protocol.labels != "hard":
         attach_teacher(settings, real, *teacher_spec(sets, req.teacher, req.teacher_epochs, req.teacher_num),
                        reporter)
-    announce(settings)
+    p = settings.protocol
+    reporter.log(f"protocol {p.name} [{p.hash}]: {p.description}")
     report = evaluate_sets(sets, real, settings, req.baseline == "random", req.no_decode, reporter)
     if req.full_acc is not None:
         add_scores(report, req.full_acc / 100 if req.full_acc > 1 else req.full_acc)

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from condense.errors import CondenseError
 from condense.io import atomic_path
-from evaluators.report import Report
+
+if TYPE_CHECKING:
+    from evaluators.report import Report
 
 NEEDS = "--plot needs matplotlib (the plot extra of condense-dd: pip install matplotlib), or drop --plot."
 
@@ -18,7 +21,7 @@ def need_matplotlib() -> None:
         raise CondenseError(NEEDS) from None
 
 
-def plot_report(report: Report, path: Path) -> None:
+def plot_report(report: "Report", path: Path) -> None:
     """Accuracy (mean ± std) against IPC, one line per method and architecture."""
     need_matplotlib()
     import matplotlib

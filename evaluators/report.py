@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from condense.io import atomic_path, package_version
+from evaluators.plot import plot_report
 from evaluators.protocols import Protocol
 from evaluators.retrain import ArchResult
 
@@ -112,3 +113,11 @@ class Report:
     def save_json(self, path: str | Path) -> None:
         with atomic_path(Path(path)) as tmp:
             tmp.write_text(json.dumps(self.to_json(), indent=2))
+
+    def save_markdown(self, path: str | Path) -> None:
+        with atomic_path(Path(path)) as tmp:
+            tmp.write_text(self.to_markdown())
+
+    def plot(self, path: str | Path) -> None:
+        """Accuracy against IPC as a PNG (needs matplotlib)."""
+        plot_report(self, Path(path))

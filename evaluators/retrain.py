@@ -27,7 +27,7 @@ from condense.progress import Reporter
 from condense.runtime import derive_seed, make_generator
 from condense.synthetic import SyntheticSet
 from condense.train import TrainData, accuracy, accuracy_runs, total_epochs, train_model, train_runs
-from evaluators.protocols import Protocol
+from evaluators.protocols import Protocol, get_protocol
 from evaluators.stack import ConvNetStack, stackable
 
 
@@ -323,3 +323,10 @@ def _teacher(settings: EvalSettings):
         raise CondenseError(f"Protocol {settings.protocol.name} needs teachers for its soft labels, and none were "
                             f"given (the CLI loads them with --teacher ARCH --teacher-epochs N).")
     return settings.teacher
+
+
+def quick_evaluation(real: RealData, seed: int = 0):
+    """`--eval-every`'s check: one ConvNet, the dsa protocol shortened to 300 epochs (labelled so);
+    a function of a set returning its test accuracy."""
+    quick = get_protocol("dsa").with_epochs(300)
+    return lambda s: evaluate_set(s, real, EvalSettings(quick, [quick.arch], 1, seed, compile=True))[0].mean
