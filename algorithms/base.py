@@ -147,9 +147,9 @@ class PixelSGD:
     """SGD with momentum on one learnable tensor (pixels, MTT's step size, soft labels): the update
     of `torch.optim.SGD` (dampening 0, no Nesterov, no weight decay) in three lines.
 
-    Why not `torch.optim.SGD`: building any torch optimizer imports TorchDynamo, about 150 MB of
-    resident memory on this machine (measured), which a method that never compiles does not
-    need (DataDAM's and MTT recompute's memory targets). Results are bit-identical (tested)."""
+    Why not `torch.optim.SGD`: building any torch optimizer imports TorchDynamo, whose resident
+    memory a method that never compiles does not need (benchmarks/RESULTS.md §2.4). Results are
+    bit-identical (tested)."""
 
     def __init__(self, param: torch.Tensor, lr: float, momentum: float) -> None:
         self.param, self.lr, self.momentum = param, lr, momentum

@@ -284,7 +284,7 @@ class DM(ClassMatching[MatchConfig]):
     """Distribution matching: class means of a random network's embedding."""
 
     name = "dm"
-    compile_on_cpu = False  # eager (condense.fast) measured about as fast and 150 MB smaller (RESULTS.md)
+    compile_on_cpu = False  # eager with condense.fast: about as fast and smaller (benchmarks/RESULTS.md §2.4)
 
     def features(self, net: Network, x: Tensor) -> Feats:
         return [net.embed(x)]
