@@ -129,6 +129,22 @@ def test_bench_runs_the_suite_and_reuses_sets(monkeypatch, capsys, data_root, tm
     assert [p.stat().st_mtime_ns for p in (tmp_path / "sets").glob("*.h5")] == mtimes  # reused
 
 
+def test_bench_variants_take_their_settings_tag_and_no_baseline(monkeypatch, capsys, data_root, tmp_path):
+    common = ["bench", "--algos", "random,dm", "--ipc", "1", "--epochs", "1", "--runs", "1", "--sets-dir",
+              tmp_path / "sets", "--out", tmp_path / "b.md", "--data-root", data_root, "--quiet"]
+    code, _, err = cli(monkeypatch, capsys, *common, "--set", "iters=2", "--set", "batch_real=8", "--tag", "tiny",
+                       "--no-baseline")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "sets").glob("*.h5")) == [
+        "fashion-mnist-dm-ipc1-cpu-tiny-s0.h5", "fashion-mnist-random-ipc1-default-tiny-s0.h5"]
+    md = (tmp_path / "b.md").read_text()
+    assert "--algo dm --ipc 1 --dataset fashion-mnist --preset cpu --set iters=2 --set batch_real=8" in md
+    assert "--algo random --ipc 1 --dataset fashion-mnist --set iters=2 --seed" in md  # batch_real is not random's
+    assert "random (real subset)" not in md
+    code, _, err = cli(monkeypatch, capsys, *common, "--set", "power=4")
+    assert code == 1 and "none of random, dm has this setting" in " ".join(err.split())
+
+
 def test_eval_select_val_and_test_best(monkeypatch, capsys, data_root, tmp_path):
     out = tmp_path / "r.h5"
     assert cli(monkeypatch, capsys, "distill", "--algo", "random", "--ipc", "1", "--out", out, "--data-root",
