@@ -105,3 +105,26 @@ def test_the_checks_can_fail(tmp_path):
     assert imports_of(path, "condense.x") >= {"condense.data", "evaluators.report", "algorithms.dm"}
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_importing_the_library_changes_no_process_state():
+    """Only the console entry point tunes the process: importing every module (the CLI's included)
+    leaves the signal handlers, the environment and the import system alone, and does not tune the
+    allocator."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, sys\n"
+        "import condense.runtime\n"
+        "calls = []\n"
+        "condense.runtime.tune_process = lambda: calls.append('tune_process')\n"
+        "before = (signal.getsignal(signal.SIGINT), dict(os.environ))\n"
+        "import importlib\n"
+        f"for m in {sorted(project_modules())!r}:\n"
+        "    importlib.import_module(m)\n"
+        "blocked = [k for k, v in sys.modules.items() if v is None]\n"
+        "print((signal.getsignal(signal.SIGINT), dict(os.environ)) == before, calls, blocked)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True [] []"
