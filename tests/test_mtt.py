@@ -46,7 +46,7 @@ def grads_of(real, tmp_path, memory, fast_paths=True, **over):
 
     with fast.use(fast_paths):
         loss = (mtt.unroll if memory == "unroll" else mtt.recompute)(a, start, plan, targets, 1.3).sum()
-    out = {"images": a.images.grad.clone(), "lr": a.log_lr.grad.clone(), "loss": loss}
+    out = {"images": a.images.grad.clone(), "lr": a.log_lr.grad.clone(), "loss": float(loss)}
     if a.soft is not None:
         out["soft"] = a.soft.grad.clone()
     return out
