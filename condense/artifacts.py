@@ -38,6 +38,27 @@ from condense.train import TrainConfig, TrainData, accuracy, train_model
 ARTIFACT_VERSION = 1
 
 
+def _val_accuracy(net: torch.nn.Module, val: tuple[torch.Tensor, torch.Tensor]) -> float:
+    x, y = val
+    return accuracy(net, [(x[i:i + 512], y[i:i + 512]) for i in range(0, len(y), 512)])
+
+
+@torch.no_grad()
+def _collapsed(net: torch.nn.Module, real: RealData) -> bool:
+    """Whether the network predicts one class for 95% or more of the test images (what a diverged
+    network does; an undertrained one still varies its predictions)."""
+    net.eval()
+    preds = torch.cat([net(x).argmax(1) for x, _ in real.test_batches()])
+    return bool(torch.bincount(preds).max() >= 0.95 * preds.numel())
+
+
+def committee_recipe(epochs: int, lr: float = 0.1, batch: int = 128) -> TrainConfig:
+    """How committee teachers are trained (INFER's teachers follow the DDS recipe: SGD 0.1, momentum
+    0.9, wd 5e-4, cosine, batch 128, random crop (a shift of up to 1/8 of the side) and flip)."""
+    return TrainConfig(epochs=epochs, batch=batch, lr=lr, momentum=0.9, weight_decay=5e-4, schedule="cosine",
+                       augment="crop_flip", augment_mode="all")
+
+
 def cache_root(path: str | os.PathLike | None = None) -> Path:
     if path:
         return Path(path).expanduser()
@@ -117,24 +138,39 @@ class Artifacts:
 
     def trained(self, real: RealData, arch: str, recipe: TrainConfig, seed: int = 0,
                 which: str = "trained") -> Network:
-        """A network of `arch` trained on the whole real training split with `recipe`.
+        """A network of `arch` trained on `real`'s training split with `recipe` (built if missing).
 
         which: "trained" (final weights) or "init" (the same network at initialization)."""
-        record = self.trained_record(real, arch, recipe, seed)
+        return self.network(real, arch, self.trained_record(real, arch, recipe, seed), which)
+
+    def network(self, real: RealData, arch: str, record: dict[str, Any], which: str = "trained") -> Network:
+        """The network of a stored record, in eval mode on the cache's device."""
         net = build_model(arch, real.info.channels, real.info.num_classes, real.info.size, seed=0).to(self.device)
         net.load_state_dict(record[which])
         return net.eval()
 
-    def trained_record(self, real: RealData, arch: str, recipe: TrainConfig, seed: int = 0) -> dict[str, Any]:
-        """The stored record: {'init', 'trained', 'meta'} (meta has the test accuracy and time)."""
+    def trained_record(self, real: RealData, arch: str, recipe: TrainConfig, seed: int = 0,
+                       val: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
+        """The stored record: {'init', 'trained', 'meta'}; meta has the recipe, seed, training seconds,
+        test accuracy and, given `val` (held-out images and labels), validation accuracy. A network
+        that diverged (non-finite weights, or chance accuracy) is refused, never cached."""
         desc = self.describe(real, arch, recipe, seed)
         path = self.path(desc)
         if path.is_file():
-            return self._load(path)
+            record = self._load(path)
+            if val is not None and record["meta"].get("val_accuracy") is None:
+                record["meta"]["val_accuracy"] = _val_accuracy(self.network(real, arch, record), val)
+            return record
         net, init, _, seconds = self._train(real, arch, recipe, seed, path.with_suffix(".partial.pt"), False)
         acc = accuracy(net, real.test_batches())
+        if recipe.epochs > 0 and _collapsed(net, real) and acc <= 1.2 / real.info.num_classes:
+            path.with_suffix(".partial.pt").unlink(missing_ok=True)
+            raise CondenseError(f"Training {arch} on {real.info.name} (seed {seed}) ended at {acc:.1%} test accuracy, "
+                                f"predicting one class for nearly every image: it diverged, so it was not cached. "
+                                f"Train it with a smaller learning rate (--lr).")
         record = {"init": init, "trained": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
                   "meta": {**desc, "test_accuracy": acc, "seconds": seconds,
+                           "val_accuracy": None if val is None else _val_accuracy(net, val),
                            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}}
         with atomic_path(path) as tmp:
             torch.save(record, tmp)
@@ -223,6 +259,11 @@ class Artifacts:
             update(advance=start)
 
             def on_epoch(epoch: int, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+                if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # one sync per epoch
+                    partial.unlink(missing_ok=True)
+                    raise CondenseError(f"Training {arch} on {info.name} (seed {seed}) diverged in epoch {epoch + 1} "
+                                        f"(non-finite weights), so it was not cached. Train it with a smaller "
+                                        f"learning rate.")
                 if trajectory:
                     traj.append(flat.flatten(model).cpu())
                 with atomic_path(partial) as tmp:

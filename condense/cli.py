@@ -131,6 +131,8 @@ def eval_(
     teacher_epochs: Optional[int] = typer.Option(None, "--teacher-epochs", help="Teachers' epochs on the whole "
                                                  "training split (cached; default: the file's, else 15)."),
     teacher_num: Optional[int] = typer.Option(None, "--teacher-num", help="Teachers per architecture (default 1)."),
+    committee: Optional[str] = typer.Option(None, "--committee", help="Soft-label protocols: a named teacher "
+                                            "committee (assets/committees) as the teachers."),
     fresh: bool = typer.Option(False, "--fresh", help="Retrain runs the run cache has (else an interrupted eval "
                                "continues where it stopped)."),
     stack: Optional[bool] = typer.Option(None, "--stack/--no-stack", help="Train a ConvNet's runs as one grouped "
@@ -152,7 +154,7 @@ def eval_(
     from evaluators.evaluate import EvalRequest, evaluate_files
 
     req = EvalRequest(files, protocol, epochs, arch, runs, baseline, dataset, no_decode, compile, teacher,
-                      teacher_epochs, teacher_num, fresh, stack, select, select_every, lr_grid, val_size, plot, ars,
+                      teacher_epochs, teacher_num, committee, fresh, stack, select, select_every, lr_grid, val_size, plot, ars,
                       full_acc, seed, device, data_root)
     report = evaluate_files(req, _reporter(quiet))
     report.print(Console())
@@ -209,10 +211,13 @@ def bench(
 def teachers(
     dataset: str = Dataset,
     arch: str = typer.Option("convnet", "--arch", help="Comma-separated architectures."),
-    epochs: int = typer.Option(15, "--epochs", help="Epochs over the whole training split (15: the soft-label default)."),
+    epochs: int = typer.Option(15, "--epochs", help="Epochs over the training split (15: the soft-label default)."),
     num: int = typer.Option(1, "--num", help="Networks per architecture (seeds 0..num-1)."),
     lr: float = typer.Option(0.01, "--lr"),
     augment: str = typer.Option("none", "--augment", help="DSA strategy used while training, or none."),
+    select: str = typer.Option("final", "--select", help="val: hold out the validation images of `eval --select "
+                               "val` (500 per class, seed 0) and report validation accuracy."),
+    committee: Optional[str] = typer.Option(None, "--committee", help="Build a named committee (assets/committees)."),
     pool: Optional[str] = typer.Option(None, "--pool", help="Build what a method needs instead (ncfm: its pool)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="With --pool: the method's preset."),
     ipc: int = typer.Option(10, "--ipc", help="With --pool: the IPC whose preset applies."),
@@ -220,8 +225,9 @@ def teachers(
     zca: bool = typer.Option(False, "--zca"),
     cache: Optional[Path] = Cache, device: str = Device, data_root: Optional[Path] = DataRoot, quiet: bool = Quiet,
 ) -> None:
-    """Train (or load from the cache) networks on the whole real training split; print test accuracy."""
+    """Train (or load from the cache) networks on the real training split; print their accuracies."""
     from condense.artifacts import Artifacts, teacher_recipe
+    from condense.committee import adhoc_spec, committee_spec, load_committee
 
     real = _real(dataset, data_root, device, zca)
     store = Artifacts(cache, _reporter(quiet), real.device, compile=True)
@@ -231,12 +237,17 @@ def teachers(
 
         jobs = artifacts_for(pool, real.info.name, ipc, preset, _parse_sets(set_))
         title = f"{real.info.name}: networks for {pool} ({len(jobs)})"
-    else:
-        recipe = teacher_recipe(epochs, lr, augment)
-        jobs = [(a.strip(), recipe, s) for a in arch.split(",") if a.strip() for s in range(num)]
-        title = (f"{real.info.name}: networks trained on the whole training split ({epochs} epochs, SGD {lr}, "
-                 f"cosine, augment {augment})")
-    _table(title, store.summary(real, jobs), ("arch", "seed", "epochs", "test acc (%)", "train time (s)", "file"))
+        _table(title, store.summary(real, jobs), ("arch", "seed", "epochs", "test acc (%)", "train time (s)", "file"))
+        return
+    spec = committee_spec(real.info.name, committee) if committee else adhoc_spec(
+        [a.strip() for a in arch.split(",") if a.strip()], teacher_recipe(epochs, lr, augment), num,
+        500 if select == "val" else 0)
+    rows = [(r["arch"], r["seed"], spec.recipe.epochs, f"{100 * r['test_accuracy']:.2f}",
+             "-" if r["val_accuracy"] is None else f"{100 * r['val_accuracy']:.2f}", r["seconds"], r["key"])
+            for r in load_committee(store, real, spec).records]
+    title = (f"{real.info.name}: committee {spec.name} ({spec.description})" if spec.name else
+             f"{real.info.name}: SGD {spec.recipe.lr}, {spec.recipe.epochs} epochs, augment {spec.recipe.augment}")
+    _table(title, rows, ("arch", "seed", "epochs", "test acc (%)", "val acc (%)", "train time (s)", "cache key"))
 
 
 @app.command()

@@ -297,18 +297,19 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(Network):
-    """ResNet-18 with the small-image stem (3x3 conv, stride 1, no max-pool)."""
+    """ResNet-18 with the small-image stem (3x3 conv, stride 1, no max-pool); `width` channels in the
+    first stage (64 standard; narrower ones are the CPU-sized teachers)."""
 
-    def __init__(self, channels: int, num_classes: int, size: int, norm: str = "instancenorm") -> None:
+    def __init__(self, channels: int, num_classes: int, size: int, norm: str = "instancenorm", width: int = 64) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(channels, 64, 3, 1, 1, bias=False)
-        self.bn1 = make_norm(norm, 64)
-        stages, cin = [], 64
-        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        self.conv1 = nn.Conv2d(channels, width, 3, 1, 1, bias=False)
+        self.bn1 = make_norm(norm, width)
+        stages, cin = [], width
+        for cout, stride in ((width, 1), (2 * width, 2), (4 * width, 2), (8 * width, 2)):
             stages.append(nn.Sequential(BasicBlock(cin, cout, stride, norm), BasicBlock(cout, cout, 1, norm)))
             cin = cout
         self.stages = nn.ModuleList(stages)
-        self.classifier = nn.Linear(512, num_classes)
+        self.classifier = nn.Linear(8 * width, num_classes)
 
     def features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
         x = F.relu(self.bn1(self.conv1(x)))
@@ -328,6 +329,9 @@ MODELS.register("vgg11bn")(
 MODELS.register("resnet18")(ResNet18)
 MODELS.register("resnet18bn")(
     lambda channels, num_classes, size, **kw: ResNet18(channels, num_classes, size, norm="batchnorm", **kw))
+for _name in ("resnet18bn_narrow", "mobilenetv2", "mobilenetv2_050", "shufflenetv2", "shufflenetv2_050",
+              "efficientnet_b0", "densenet121"):
+    MODELS.register_lazy(_name, "condense.zoo")  # torchvision networks adapted to small images
 
 
 def build_model(arch: str, channels: int, num_classes: int, size: int, seed: int | None = None,

@@ -25,6 +25,12 @@ class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._lazy: dict[str, str] = {}  # name -> module that registers it when imported
+
+    def register_lazy(self, name: str, module: str) -> None:
+        """Announce `name`, registered by `module` when that module is imported on first use (so a
+        heavy module, e.g. one importing torchvision, costs nothing until it is needed)."""
+        self._lazy[name.lower()] = module
 
     def register(self, name: str) -> Callable[[T], T]:
         key = name.lower()
@@ -39,8 +45,12 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         key = name.lower()
+        if key not in self._items and key in self._lazy:
+            import importlib
+
+            importlib.import_module(self._lazy[key])
         if key not in self._items:
-            choices = ", ".join(sorted(self._items)) or "(none registered)"
+            choices = ", ".join(self.names()) or "(none registered)"
             raise CondenseError(
                 f"Unknown {self.kind} '{name}'. Available {self.kind}s: {choices}. "
                 f"Check the spelling of the name you passed."
@@ -48,10 +58,10 @@ class Registry(Generic[T]):
         return self._items[key]
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        return sorted(set(self._items) | set(self._lazy))
 
     def __contains__(self, name: str) -> bool:
-        return name.lower() in self._items
+        return name.lower() in self._items or name.lower() in self._lazy
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

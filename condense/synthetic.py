@@ -138,13 +138,29 @@ class SyntheticSet(Dataset):
     def counts(self) -> list[int]:
         return torch.bincount(self.labels, minlength=self.meta.num_classes).tolist()
 
+    def storage(self) -> dict[str, Any]:
+        """What the method stores, counted the same way for every method, so methods compare at equal
+        storage: images (the compact ones when the method decodes them), compensators (INFER), label
+        vectors (soft labels when the set trains on them, else the int64 hard labels) and the learned
+        lr; total bytes; and `equivalent_ipc`, the real images per class (float32, with an int64
+        label each) that the same bytes would hold."""
+        images = self.compact.get("images", self.images)
+        comp = self.compact.get("compensators")
+        labels = self.soft_labels if self.soft_labels is not None else self.labels
+        parts = {"images": images, "compensators": comp, "labels": labels}
+        nbytes = {k: 0 if t is None else t.numel() * t.element_size() for k, t in parts.items()}
+        total = sum(nbytes.values()) + (4 if self.lr is not None else 0)
+        m = self.meta
+        per_real = m.channels * m.height * m.width * 4 + 8
+        return {"stored_images": int(images.shape[0]), "compensators": 0 if comp is None else int(comp.shape[0]),
+                "label_vectors": int(labels.shape[0]), "label_dtype": str(labels.dtype).replace("torch.", ""),
+                "label_kind": "soft" if self.soft_labels is not None else "hard",
+                "training_images": len(self), "bytes": total, "bytes_by_part": nbytes,
+                "equivalent_ipc": round(total / (m.num_classes * per_real), 2)}
+
     def stored_bytes(self) -> int:
-        """Bytes of what the method stores: the compact representation when there is one,
-        else the images; plus soft labels and the learned lr."""
-        main = sum(t.numel() * t.element_size() for t in self.compact.values()) if self.compact else \
-            self.images.numel() * self.images.element_size()
-        soft = 0 if self.soft_labels is None else self.soft_labels.numel() * self.soft_labels.element_size()
-        return main + soft + (4 if self.lr is not None else 0) + self.labels.numel() * 8
+        """Total bytes of what the method stores (see `storage`)."""
+        return int(self.storage()["bytes"])
 
     def stored_images(self) -> int:
         """How many images the file stores (compact ones if present), vs `len(self)` trained on."""
@@ -153,15 +169,18 @@ class SyntheticSet(Dataset):
         return len(self)
 
     def stored_set(self) -> "SyntheticSet":
-        """The set as stored: the compact images (with their labels) when the method decodes them
-        into more training images, else the set itself."""
+        """The set as stored: the compact images (with their labels, and their soft labels where the
+        compact part has them) when the method decodes them into more training images, else the set."""
         if "images" not in self.compact:
             return self
         imgs = self.compact["images"].float()
         labels = self.compact.get("labels")
         if labels is None:
             labels = torch.arange(self.meta.num_classes).repeat_interleave(imgs.shape[0] // self.meta.num_classes)
-        return SyntheticSet(imgs, labels.long(), self.meta, None, {}, self.lr, {}, dict(self.compact_attrs), self.zca)
+        soft = self.compact.get("soft_labels")
+        return SyntheticSet(imgs, labels.long(), self.meta, None if soft is None else soft.float(),
+                            dict(self.soft_attrs) if soft is not None else {}, self.lr, {}, dict(self.compact_attrs),
+                            self.zca)
 
     def facts(self, path: str | os.PathLike) -> dict[str, Any]:
         """What `condense info` shows: metadata, image counts, storage accounting."""
@@ -171,7 +190,7 @@ class SyntheticSet(Dataset):
         return {
             "file": str(path), "file bytes": Path(path).stat().st_size, "dataset": m.dataset, "algorithm": m.algorithm,
             "ipc": m.ipc, "classes": m.num_classes, "image shape": f"{m.channels}x{m.height}x{m.width}",
-            "training images": len(self), "stored images": self.stored_images(), "stored bytes": self.stored_bytes(),
+            "training images": len(self), "stored images": self.stored_images(), "storage": self.storage(),
             "images per class": self.counts(), "pixel space": m.pixel_space, "learned lr": self.lr,
             "soft labels": None if self.soft_labels is None else dict(self.soft_attrs, shape=list(self.soft_labels.shape)),
             "compact parts": {k: list(v.shape) for k, v in self.compact.items()} or None,
@@ -315,6 +334,13 @@ class SyntheticSet(Dataset):
                 raise bad(f"/compact/images has shape {tuple(c.shape)}, expected [n, {m.channels}, h, w]")
             if "labels" in self.compact and self.compact["labels"].shape[0] != c.shape[0]:
                 raise bad(f"/compact holds {self.compact['labels'].shape[0]} labels for {c.shape[0]} images")
+            if "soft_labels" in self.compact and tuple(self.compact["soft_labels"].shape) != (c.shape[0], m.num_classes):
+                raise bad(f"/compact/soft_labels has shape {tuple(self.compact['soft_labels'].shape)}, expected "
+                          f"[{c.shape[0]}, {m.num_classes}]")
+        if "compensators" in self.compact and tuple(self.compact["compensators"].shape[1:]) != (m.channels, m.height,
+                                                                                               m.width):
+            raise bad(f"/compact/compensators has shape {tuple(self.compact['compensators'].shape)}, expected "
+                      f"[n, {m.channels}, {m.height}, {m.width}]")
 
 
 def load(path: str | os.PathLike, soft: bool = False) -> SyntheticSet:

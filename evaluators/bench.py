@@ -15,7 +15,7 @@ from condense.io import atomic_path
 from condense.progress import Reporter
 from condense.run import preset_or_none
 from condense.synthetic import load
-from evaluators.evaluate import attach_teacher, evaluate_sets, run_cache
+from evaluators.evaluate import attach_teacher, evaluate_sets, run_cache, teacher_spec
 from evaluators.plot import need_matplotlib
 from evaluators.report import Report
 from evaluators.retrain import EvalSettings
@@ -71,7 +71,7 @@ def run_bench(sets: list[BenchSet], make: Callable[[BenchSet], None], real: Real
         if not s.path.is_file():
             make(s)
     loaded = [(s.path, load(s.path)) for s in sets]
-    attach_teacher(settings, real, "convnet", 15, 1, reporter, cache)
+    attach_teacher(settings, real, teacher_spec(loaded, None, None, None), reporter, cache)
     settings.cache, settings.device, settings.stack = run_cache(cache), real.device.type, real.device.type == "cuda"
     report = evaluate_sets(loaded, real, settings, baseline, False, reporter)
     proto = settings.protocol

@@ -20,7 +20,7 @@ from evaluators.plot import need_matplotlib
 from evaluators.protocols import get_protocol
 from evaluators.report import Report, Row
 from evaluators.retrain import EvalSettings, RunCache, evaluate_random, evaluate_set
-from evaluators.softlabel import load_teacher
+from evaluators.softlabel import committee_teacher, load_teacher
 
 Sets = list[tuple[Path, SyntheticSet]]
 
@@ -41,6 +41,7 @@ class EvalRequest:
     teacher: Optional[str] = None
     teacher_epochs: Optional[int] = None
     teacher_num: Optional[int] = None
+    committee: Optional[str] = None
     fresh: bool = False
     stack: Optional[bool] = None
     select: str = "final"
@@ -80,33 +81,48 @@ def run_cache(root=None, read: bool = True) -> RunCache:
     return RunCache(cache_root(root) / "evals", read)
 
 
-def teacher_spec(sets: Sets, archs: Optional[str], epochs: Optional[int], num: Optional[int]) -> tuple[str, int, int]:
-    """The teachers for soft labels: the command line's, else the one the files name in their `teacher`
-    attribute (JSON: {"arch": "convnet,...", "epochs": 15, "num": 1}), else one ConvNet-3 of 15 epochs."""
+def teacher_spec(sets: Sets, archs: Optional[str], epochs: Optional[int], num: Optional[int],
+                 committee: Optional[str] = None) -> dict:
+    """The teachers for soft labels: the command line's (--committee, or --teacher/--teacher-epochs/
+    --teacher-num), else what the files name in their `teacher` attribute (JSON: {"committee": NAME} or
+    {"arch": "convnet,...", "epochs": 15, "num": 1}), else one ConvNet-3 of 15 epochs."""
+    if committee:
+        return {"committee": committee}
     named = set()
     for p, s in sets:
         if s.meta.teacher:
             try:
                 t = json.loads(s.meta.teacher)
-                named.add((str(t["arch"]), int(t.get("epochs", 15)), int(t.get("num", 1))))
+                named.add(("committee", str(t["committee"])) if "committee" in t else
+                          (str(t["arch"]), int(t.get("epochs", 15)), int(t.get("num", 1))))
             except (ValueError, KeyError, TypeError, AttributeError):
                 raise CondenseError(f"{p} names its teacher as {s.meta.teacher!r}, which is not the JSON "
-                                    f'{{"arch": ..., "epochs": ..., "num": ...}} condense reads; pass --teacher, '
-                                    f"--teacher-epochs and --teacher-num instead.") from None
+                                    f'{{"committee": ...}} or {{"arch": ..., "epochs": ..., "num": ...}} condense '
+                                    f"reads; pass --committee or --teacher, --teacher-epochs and --teacher-num.") from None
     if len(named) > 1 and archs is None:
         raise CondenseError(f"The files name different teachers ({sorted(named)}); evaluate them separately or "
-                            f"choose one with --teacher/--teacher-epochs/--teacher-num.")
-    file_arch, file_epochs, file_num = named.pop() if named else ("convnet", 15, 1)
-    return (archs or file_arch, epochs if epochs is not None else file_epochs, num if num is not None else file_num)
+                            f"choose one with --committee or --teacher/--teacher-epochs/--teacher-num.")
+    file_spec = named.pop() if named else ("convnet", 15, 1)
+    if file_spec[0] == "committee" and archs is None:
+        return {"committee": file_spec[1]}
+    if file_spec[0] == "committee":
+        file_spec = ("convnet", 15, 1)
+    return {"arch": archs or file_spec[0], "epochs": epochs if epochs is not None else file_spec[1],
+            "num": num if num is not None else file_spec[2]}
 
 
-def attach_teacher(settings: EvalSettings, real: RealData, archs: str, epochs: int, num: int, reporter: Reporter,
-                   cache=None) -> None:
-    """Soft-label protocols: load (or train and cache) the teachers into `settings`."""
+def attach_teacher(settings: EvalSettings, real: RealData, spec: dict, reporter: Reporter, cache=None,
+                   whole: RealData | None = None) -> None:
+    """Soft-label protocols: load (or train and cache) the teachers into `settings`. A committee is
+    loaded against the whole training split (`whole`; it holds out its own validation images)."""
     if settings.protocol.labels == "hard":
         return
     store = Artifacts(cache, reporter, real.device, compile=settings.compile)  # --no-compile reaches the teachers too
-    settings.teacher = load_teacher(store, real, [a.strip() for a in archs.split(",") if a.strip()], epochs, num)
+    if "committee" in spec:
+        settings.teacher = committee_teacher(store, whole or real, spec["committee"])
+    else:
+        archs = [a.strip() for a in spec["arch"].split(",") if a.strip()]
+        settings.teacher = load_teacher(store, real, archs, spec["epochs"], spec["num"])
 
 
 def check_sets(sets: Sets, settings: EvalSettings, reporter: Reporter) -> None:
@@ -151,7 +167,7 @@ def evaluate_sets(sets: Sets, real: RealData, settings: EvalSettings, baseline: 
         res = evaluate_set(s, real, settings, reporter, label=Path(path).name)
         method = (s.meta.algorithm or "?") + (" (stored, no decode)" if no_decode and s.compact_attrs else "")
         report.rows.append(Row(method, s.meta.ipc, str(path), res, settings.select,
-                               extra={"train_images": len(s), "stored_images": s.stored_images(),
+                               extra={"train_images": len(s), "stored_images": s.stored_images(), "storage": s.storage(),
                                       "compiled": settings.compile, "stacked": settings.stack,
                                       "labels": settings.protocol.labels, "targets": targets_of(s, settings),
                                       **({"teacher": settings.teacher.description} if settings.teacher else {})}))
@@ -190,15 +206,15 @@ def evaluate_files(req: EvalRequest, reporter: Reporter) -> Report:
         raise CondenseError(f"The files come from different datasets ({', '.join(sorted(names))}); evaluate one "
                             f"dataset at a time.")
     dev = resolve_device(req.device)
-    real = load_dataset(names.pop(), req.data_root, device=dev)
+    real = whole = load_dataset(names.pop(), req.data_root, device=dev)
     if req.select == "val":
         real, settings.val = real.holdout(req.val_size, make_generator(derive_seed(req.seed, "validation-split")))
     settings.device = dev.type
     settings.stack = (dev.type == "cuda") if req.stack is None else req.stack  # measured slower on CPU (RESULTS.md)
     check_sets(sets, settings, reporter)
     if settings.protocol.labels != "hard":
-        attach_teacher(settings, real, *teacher_spec(sets, req.teacher, req.teacher_epochs, req.teacher_num),
-                       reporter)
+        spec = teacher_spec(sets, req.teacher, req.teacher_epochs, req.teacher_num, req.committee)
+        attach_teacher(settings, real, spec, reporter, whole=whole)
     p = settings.protocol
     reporter.log(f"protocol {p.name} [{p.hash}]: {p.description}")
     report = evaluate_sets(sets, real, settings, req.baseline == "random", req.no_decode, reporter)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from condense.artifacts import Artifacts, key_of, teacher_recipe
+from condense.committee import committee_spec, load_committee
 from condense.data import RealData
 from condense.errors import CondenseError
 
@@ -60,3 +61,10 @@ def load_teacher(store: Artifacts, real: RealData, archs: list[str], epochs: int
             members.append({"arch": arch, "seed": seed, "key": key_of(desc),
                             "test_accuracy": round(float(record["meta"]["test_accuracy"]), 4)})
     return Teacher(nets, {"members": members, "epochs": epochs, "recipe": "condense teachers (SGD 0.01, cosine)"})
+
+
+def committee_teacher(store: Artifacts, real: RealData, name: str) -> Teacher:
+    """A named committee of `real`'s dataset as the teacher (its members' mean logits); `real` is the
+    whole training split (the committee holds its own validation images out)."""
+    committee = load_committee(store, real, committee_spec(real.info.name, name))
+    return Teacher(committee.nets, committee.describe())
