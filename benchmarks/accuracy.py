@@ -69,6 +69,7 @@ ABLATION = ["--set", "iters=300", "--runs", "2", "--epochs", "300", "--no-baseli
 HERDING = {k: Set("herding", k, f"baselines ipc{k}") for k in (1, 10)}
 KCENTER = {k: Set("kcenter", k, f"baselines ipc{k}") for k in (1, 10)}
 NCFM = {k: Set("ncfm", k, f"ncfm ipc{k}") for k in (1, 10)}
+INFER = {k: Set("infer", k, f"infer ipc{k}") for k in (10, 50)}
 SCORED = [*HERDING.values(), *KCENTER.values(), *NCFM.values(),
           *(Set(a, k, f"matching ipc{k}-convnet") for a in ("dm", "datadam") for k in (1, 10)),
           Set("mtt", 1, "mtt ipc1"), Set("mtt", 10, "mtt ipc10"), Set("mtt", 10, "mtt ipc10-improved", "improved")]
@@ -119,6 +120,14 @@ SUITES = {
         "ipc1": bench("mtt", 1, "--runs", "5", "--no-baseline"),
         "ipc10": bench("mtt", 10, "--runs", "3", "--no-baseline"),
         "ipc10-improved": bench("mtt", 10, *IMPROVED, "--runs", "3", "--no-baseline", tag="improved"),
+    }),
+    "infer": ("about 5 h", "INFER on the cpu committee under kd-static with the random subset labelled by the committee; its images with hard labels; base images alone", {
+        "committee": printed("cost", "teachers", "--dataset", "fashion-mnist", "--committee", "cpu"),
+        "ipc10": bench("infer", 10, "--protocol", "kd-static", "--runs", "5"),
+        "ipc10-base-only": evaluate([INFER[10]], "--no-decode", "--runs", "5"),
+        "ipc10-dsa": evaluate([INFER[10]], "--protocol", "dsa", "--runs", "3"),
+        "ipc50": bench("infer", 50, "--protocol", "kd-static", "--runs", "3"),
+        "ipc50-base-only": evaluate([INFER[50]], "--no-decode", "--runs", "3"),
     }),
     "softlabel": ("about 10 min, given sets", "herding and NCFM at IPC 1 under kd-static and kd-sre2l, random labelled by the same teacher", {
         "kd-static-ipc1": bench("herding,ncfm", 1, "--protocol", "kd-static", "--runs", "3"),

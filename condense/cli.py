@@ -118,7 +118,8 @@ def eval_(
     arch: Optional[str] = typer.Option(None, "--arch", help="Comma-separated architectures (default: the protocol's)."),
     runs: Optional[int] = typer.Option(None, "--runs", help="Networks trained per architecture (default 5)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the protocol's epochs (labelled)."),
-    protocol: str = typer.Option("dsa", "--protocol", help="Named evaluation protocol (assets/protocols)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="Named evaluation protocol (assets/protocols; "
+                                           "default: the one the files name, dsa for most methods)."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="random: add a random real subset, same protocol."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results as JSON."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the table as Markdown."),
@@ -243,11 +244,11 @@ def teachers(
         [a.strip() for a in arch.split(",") if a.strip()], teacher_recipe(epochs, lr, augment), num,
         500 if select == "val" else 0)
     rows = [(r["arch"], r["seed"], spec.recipe.epochs, f"{100 * r['test_accuracy']:.2f}",
-             "-" if r["val_accuracy"] is None else f"{100 * r['val_accuracy']:.2f}", r["seconds"], r["key"])
+             "-" if r["val_accuracy"] is None else f"{100 * r['val_accuracy']:.2f}", r["seconds"])
             for r in load_committee(store, real, spec).records]
     title = (f"{real.info.name}: committee {spec.name} ({spec.description})" if spec.name else
              f"{real.info.name}: SGD {spec.recipe.lr}, {spec.recipe.epochs} epochs, augment {spec.recipe.augment}")
-    _table(title, rows, ("arch", "seed", "epochs", "test acc (%)", "val acc (%)", "train time (s)", "cache key"))
+    _table(title, rows, ("arch", "seed", "epochs", "test acc (%)", "val acc (%)", "train time (s)"))
 
 
 @app.command()

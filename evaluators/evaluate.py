@@ -30,7 +30,7 @@ class EvalRequest:
     """What `condense eval` was asked for (the CLI's options, documented there)."""
 
     files: list[Path]
-    protocol: str = "dsa"
+    protocol: Optional[str] = None  # None: the protocol the files name
     epochs: Optional[int] = None
     arch: Optional[str] = None
     runs: Optional[int] = None
@@ -183,10 +183,8 @@ def evaluate_sets(sets: Sets, real: RealData, settings: EvalSettings, baseline: 
 
 
 def evaluate_files(req: EvalRequest, reporter: Reporter) -> Report:
-    """`condense eval`: check everything, load the sets and the data, evaluate, add the scores."""
-    settings = make_settings(req.protocol, req.epochs, req.arch, req.runs, req.seed, req.compile, req.select,
-                             req.select_every, req.lr_grid)
-    settings.cache = run_cache(read=not req.fresh)
+    """`condense eval`: check everything, load the sets and the data, evaluate, add the scores. Without
+    --protocol, the protocol the files name (what their method is meant to be evaluated with)."""
     if req.baseline not in (None, "random"):
         raise CondenseError(f"--baseline '{req.baseline}' is not known; the baseline is 'random'.")
     if req.plot:
@@ -194,11 +192,18 @@ def evaluate_files(req: EvalRequest, reporter: Reporter) -> Report:
     if (req.ars or req.full_acc is not None) and req.baseline != "random":
         raise CondenseError(f"{'--ars' if req.ars else '--full-acc'} needs --baseline random (the scores compare the "
                             f"set with a random real subset of the same IPC).")
+    sets: Sets = [(p, load(p)) for p in req.files]
+    protocols = {s.meta.protocol or "dsa" for _, s in sets}
+    if req.protocol is None and len(protocols) > 1:
+        raise CondenseError(f"The files are meant for different protocols ({', '.join(sorted(protocols))}); choose "
+                            f"one with --protocol, or evaluate them separately.")
+    settings = make_settings(req.protocol or protocols.pop(), req.epochs, req.arch, req.runs, req.seed, req.compile,
+                             req.select, req.select_every, req.lr_grid)
+    settings.cache = run_cache(read=not req.fresh)
     if req.full_acc is not None and settings.protocol.labels != "hard":
         raise CondenseError(f"--full-acc adds HLR, which compares hard-label accuracies, but protocol "
                             f"{settings.protocol.name} uses soft labels. Compute HLR/LRS with a hard-label protocol "
                             f"(e.g. dsa); under this protocol, IOR is the gap to the table's random row.")
-    sets: Sets = [(p, load(p)) for p in req.files]
     if req.no_decode:
         sets = [(p, s.stored_set()) for p, s in sets]
     names = {req.dataset or s.meta.dataset for _, s in sets}

@@ -93,3 +93,19 @@ def test_a_distillation_step_moves_nothing_between_devices(real, tmp_path, cls, 
     with Transfers() as seen:
         a.step(1)
     assert seen.calls == []
+
+
+def test_an_infer_step_moves_nothing_between_devices(real, tmp_path, monkeypatch):
+    from algorithms.infer import INFER
+    from condense import committee
+    from test_infer import TINY
+
+    monkeypatch.setattr(committee, "_table", lambda dataset: TINY)
+    cfg = settings_from(INFER, {"ipc": 2, "committee": "tiny", "ufc_iters": 2})[0]
+    a = INFER(cfg, real, Context(seed=0, artifacts=Artifacts(tmp_path)))
+    a.init()
+    a.step(0)
+    with Transfers() as seen:
+        a.step(1)  # finishes a compensator
+        a.step(2)  # starts the next one
+    assert seen.calls == []

@@ -170,3 +170,31 @@ def test_teacher_architectures_take_small_images_in_any_channels(arch):
         assert first.in_channels == channels and first.stride == (1, 1)  # the small-image stem keeps the resolution
     same = build_model(arch, 1, 10, 28, seed=3).state_dict()
     assert all(torch.equal(v, same[k]) for k, v in build_model(arch, 1, 10, 28, seed=3).state_dict().items())
+
+
+def test_infer_from_the_command_line_evaluates_with_its_protocol_and_committee(monkeypatch, capsys, data_root,
+                                                                                 tmp_path, tiny_committee):
+    from test_cli import cli
+
+    out = tmp_path / "i.h5"
+    code, _, err = cli(monkeypatch, capsys, "distill", "--algo", "infer", "--ipc", "2", "--set", "ufc_iters=2",
+                       "--out", out, "--data-root", data_root, "--quiet")
+    assert code == 0, err
+    code, text, err = cli(monkeypatch, capsys, "eval", out, "--epochs", "1", "--runs", "1", "--baseline", "random",
+                          "--data-root", data_root, "--json", tmp_path / "e.json")  # no protocol, no teacher flags
+    assert code == 0, err
+    doc = json.loads((tmp_path / "e.json").read_text())
+    assert doc["protocol"]["name"] == "kd-static@1ep" and "kd-static" in err
+    infer, base = (next(r for r in doc["rows"] if r["method"] == m) for m in ("infer", "random (real subset)"))
+    assert infer["teacher"]["committee"] == "tiny" and infer["targets"] == "the file's soft labels (logits)"
+    assert infer["storage"]["compensators"] == 2 and infer["storage"]["label_kind"] == "soft"
+    assert base["results"][0]["accs"]  # the random subset, labelled by the same committee
+    code, text, err = cli(monkeypatch, capsys, "info", out, "--json")
+    assert json.loads(text)["storage"]["stored_images"] == 10
+    code, text, err = cli(monkeypatch, capsys, "teachers", "--committee", "tiny", "--data-root", data_root, "--quiet")
+    assert code == 0 and "convnetbn" in text and "resnet18bn" in text and "val acc" in text
+    code, _, err = cli(monkeypatch, capsys, "teachers", "--arch", "resnet7", "--data-root", data_root, "--quiet")
+    assert code == 1 and "unknown architecture 'resnet7'" in err
+    code, _, err = cli(monkeypatch, capsys, "distill", "--algo", "infer", "--ipc", "1", "--out", tmp_path / "x.h5",
+                       "--data-root", data_root, "--quiet")
+    assert code == 1 and "no base set" in " ".join(err.split()) and not (tmp_path / "x.h5").exists()
