@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from condense.data import Preprocess, Zca
 from condense.errors import CondenseError
+from condense.h5read import check_self_contained, read_array
 from condense.io import atomic_path, package_version
 
 FORMAT = "condense-synthetic"
@@ -71,6 +72,9 @@ class SetMeta:
             out[f.name] = v
         return out
 
+    def check(self, where: str) -> None:
+        _meta_check(self, where)
+
     @classmethod
     def from_attrs(cls, attrs: Any) -> "SetMeta":
         kw: dict[str, Any] = {}
@@ -88,6 +92,34 @@ class SetMeta:
                 v = v.item()
             kw[f.name] = v
         return cls(**kw)
+
+
+_BOUNDS = {"num_classes": (1, 100_000), "channels": (1, 16), "height": (1, 4096), "width": (1, 4096),
+           "ipc": (1, 1_000_000)}
+
+
+def _meta_check(m: "SetMeta", where: str) -> None:
+    """Types and ranges of every metadata field (files from others may carry anything)."""
+    def bad(msg: str) -> CondenseError:
+        return CondenseError(f"{where}: {msg}. The file's metadata is invalid; re-create it with condense.")
+
+    for name, (lo, hi) in _BOUNDS.items():
+        v = getattr(m, name)
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise bad(f"{name} is {v!r}, expected an integer in [{lo}, {hi}]")
+    if not isinstance(m.class_names, list) or not all(isinstance(c, str) for c in m.class_names):
+        raise bad("class_names is not a list of names")
+    for name in ("mean", "std"):
+        v = getattr(m, name)
+        if len(v) != m.channels or not all(np.isfinite(t) for t in v):
+            raise bad(f"{name} {v} is not {m.channels} finite numbers")
+    if not all(t > 0 for t in m.std):
+        raise bad(f"std {m.std} has a value that is not positive")
+    if not isinstance(m.config, dict):
+        raise bad("config is not a JSON object")
+    for name in ("dataset", "algorithm", "protocol", "teacher", "pixel_space"):
+        if not isinstance(getattr(m, name), str):
+            raise bad(f"{name} is not text")
 
 
 @dataclass
@@ -236,12 +268,15 @@ class SyntheticSet(Dataset):
 
     @classmethod
     def load(cls, path: str | os.PathLike, soft: bool = False) -> "SyntheticSet":
-        """Read and validate a `synth.h5` written by condense."""
+        """Read and validate a `synth.h5`: only data stored in the file itself, every size checked
+        before it is read (`condense.h5read`), every field validated."""
         import h5py
 
         p = Path(path)
-        if not p.is_file():
+        if not p.exists():
             raise CondenseError(f"{p}: no such file. Check the path (distill writes synth.h5 by default).")
+        if not p.is_file():
+            raise CondenseError(f"{p}: not a regular file (a folder, a pipe or a device). Pass a synth.h5 file.")
         try:
             f = h5py.File(p, "r")
         except OSError as e:
@@ -249,46 +284,65 @@ class SyntheticSet(Dataset):
                                 f"condense synthetic set; re-create it with `condense distill`.") from None
         try:
             with f:
-                fmt = f.attrs.get("format")
-                fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
-                if fmt != FORMAT:
-                    raise CondenseError(f"{p}: not a condense synthetic set (format attribute is {fmt!r}, expected "
-                                        f"{FORMAT!r}). To bring in tensors from other tools, build a SyntheticSet in "
-                                        f"Python and call .save().")
-                if "format_version" not in f.attrs:
-                    raise CondenseError(f"{p}: the format_version attribute is missing, so the file cannot be "
-                                        f"read safely; it was not written by condense. Re-create it with "
-                                        f"`condense distill`.")
-                version = int(f.attrs["format_version"])
-                if version > FORMAT_VERSION:
-                    raise CondenseError(f"{p}: written by a newer condense (format version {version}; this one reads "
-                                        f"up to {FORMAT_VERSION}). Upgrade condense to read it.")
-                for name in ("images", "labels"):
-                    if name not in f:
-                        raise CondenseError(f"{p}: the /{name} dataset is missing; the file is incomplete. "
-                                            f"Re-create it with `condense distill`.")
-                meta = SetMeta.from_attrs(f.attrs)
-                images = torch.from_numpy(np.asarray(f["images"], dtype=np.float32))
-                labels = torch.from_numpy(np.asarray(f["labels"], dtype=np.int64))
-                soft_labels, soft_attrs = None, {}
-                if "soft_labels" in f:
-                    soft_labels = torch.from_numpy(np.asarray(f["soft_labels"], dtype=np.float32))
-                    soft_attrs = {k: _plain(v) for k, v in f["soft_labels"].attrs.items()}
-                lr = float(np.asarray(f["lr"])) if "lr" in f else None
-                compact, compact_attrs = {}, {}
-                if "compact" in f:
-                    compact = {k: torch.from_numpy(np.asarray(v)) for k, v in f["compact"].items()}
-                    compact_attrs = {k: _plain(v) for k, v in f["compact"].attrs.items()}
-                zca = None
-                if "zca" in f:
-                    z = f["zca"]
-                    zca = Zca(*(torch.from_numpy(np.asarray(z[k])) for k in ("mean", "matrix", "inverse")),
-                              eps=float(z.attrs.get("eps", 0.1)))
+                return cls._read(f, p, soft)
         except CondenseError:
             raise
-        except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
+        except (OSError, KeyError, ValueError, TypeError, OverflowError, json.JSONDecodeError) as e:
             raise CondenseError(f"{p}: the file is damaged or truncated ({_short(e)}). Re-create it with "
                                 f"`condense distill`.") from None
+
+    @classmethod
+    def _read(cls, f: Any, p: Path, soft: bool) -> "SyntheticSet":
+        fmt = _plain(f.attrs.get("format"))
+        if fmt != FORMAT:
+            raise CondenseError(f"{p}: not a condense synthetic set (format attribute is {fmt!r}, expected "
+                                f"{FORMAT!r}). To bring in tensors from other tools, build a SyntheticSet in "
+                                f"Python and call .save().")
+        if "format_version" not in f.attrs:
+            raise CondenseError(f"{p}: the format_version attribute is missing, so the file cannot be read safely; "
+                                f"it was not written by condense. Re-create it with `condense distill`.")
+        version = int(f.attrs["format_version"])
+        if version > FORMAT_VERSION:
+            raise CondenseError(f"{p}: written by a newer condense (format version {version}; this one reads "
+                                f"up to {FORMAT_VERSION}). Upgrade condense to read it.")
+        check_self_contained(f, p)
+        meta = SetMeta.from_attrs(f.attrs)
+        meta.check(str(p))
+        c, h, w, k = meta.channels, meta.height, meta.width, meta.num_classes
+
+        def image_shape(s: tuple[int, ...]) -> bool:
+            return len(s) == 4 and s[1:] == (c, h, w)
+
+        def array(name: str, kinds: str, ok, expected: str) -> Tensor:
+            return torch.from_numpy(read_array(f, name, p, kinds, ok, expected))
+
+        images = array("images", "f", image_shape, f"the metadata says [N, {c}, {h}, {w}]").float()
+        n = images.shape[0]
+        labels = array("labels", "iu", lambda s: s == (n,), f"there are {n} images").long()
+        soft_labels, soft_attrs = None, {}
+        if "soft_labels" in f:
+            soft_labels = array("soft_labels", "f", lambda s: s == (n, k), f"it should be [{n}, {k}]").float()
+            soft_attrs = {a: _plain(v) for a, v in f["soft_labels"].attrs.items()}
+        lr = float(array("lr", "f", lambda s: s == (), "it should be one number")) if "lr" in f else None
+        compact, compact_attrs = {}, {}
+        if "compact" in f:
+            parts = {"images": ("f", lambda s: len(s) == 4 and s[1] == c, f"[n, {c}, h, w] images"),
+                     "labels": ("iu", lambda s: len(s) == 1, "one label per stored image"),
+                     "compensators": ("f", image_shape, f"[n, {c}, {h}, {w}]"),
+                     "soft_labels": ("f", lambda s: len(s) == 2 and s[1] == k, f"[n, {k}]")}
+            for name, (kinds, ok, expected) in parts.items():
+                if name in f["compact"]:
+                    t = array(f"compact/{name}", kinds, ok, expected)
+                    compact[name] = t.long() if kinds == "iu" else t.float()
+            compact_attrs = {a: _plain(v) for a, v in f["compact"].attrs.items()}
+        zca = None
+        if "zca" in f:
+            d = c * h * w
+            mean, matrix, inverse = (array(f"zca/{name}", "f", ok, expected).float() for name, ok, expected in (
+                ("mean", lambda s: s == (1, d), f"it should be [1, {d}]"),
+                ("matrix", lambda s: s == (d, d), f"it should be [{d}, {d}]"),
+                ("inverse", lambda s: s == (d, d), f"it should be [{d}, {d}]")))
+            zca = Zca(mean, matrix, inverse, eps=float(f["zca"].attrs.get("eps", 0.1)))
         s = cls(images, labels, meta, soft_labels, soft_attrs, lr, compact, compact_attrs, zca, soft)
         s.validate(str(p))
         return s
@@ -300,17 +354,26 @@ class SyntheticSet(Dataset):
         def bad(msg: str) -> CondenseError:
             return CondenseError(f"{where}: {msg}. The set is inconsistent; re-create it with `condense distill`.")
 
+        _meta_check(m, where)
         if x.ndim != 4 or tuple(x.shape[1:]) != (m.channels, m.height, m.width):
             raise bad(f"images have shape {tuple(x.shape)} but the metadata says [N, {m.channels}, {m.height}, "
                       f"{m.width}]")
         if y.ndim != 1 or y.shape[0] != x.shape[0]:
             raise bad(f"{tuple(y.shape)} labels for {x.shape[0]} images")
+        if y.is_floating_point() or y.dtype == torch.bool:
+            raise bad(f"labels are {y.dtype}, not integers")
         if len(m.class_names) != m.num_classes:
             raise bad(f"{len(m.class_names)} class names for {m.num_classes} classes")
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= m.num_classes):
             raise bad(f"labels span [{int(y.min())}, {int(y.max())}] outside [0, {m.num_classes - 1}]")
         if not torch.isfinite(x).all():
             raise bad("images contain NaN or infinite values")
+        empty = [m.class_names[c] for c, n in enumerate(torch.bincount(y, minlength=m.num_classes).tolist()) if n == 0]
+        if empty:
+            raise bad(f"{len(empty)} of {m.num_classes} classes have no image ({', '.join(empty[:3])}...)")
+        stored = self.compact["images"].shape[0] if "images" in self.compact else x.shape[0]
+        if stored > m.ipc * m.num_classes:
+            raise bad(f"it stores {stored} images, more than its ipc {m.ipc} x {m.num_classes} classes")
         if m.pixel_space not in ("normalized", "zca"):
             raise bad(f"unknown pixel_space '{m.pixel_space}'")
         if (m.pixel_space == "zca") != (self.zca is not None):
@@ -334,6 +397,9 @@ class SyntheticSet(Dataset):
                 raise bad(f"/compact/images has shape {tuple(c.shape)}, expected [n, {m.channels}, h, w]")
             if "labels" in self.compact and self.compact["labels"].shape[0] != c.shape[0]:
                 raise bad(f"/compact holds {self.compact['labels'].shape[0]} labels for {c.shape[0]} images")
+            cl = self.compact.get("labels")
+            if cl is not None and cl.numel() and (int(cl.min()) < 0 or int(cl.max()) >= m.num_classes):
+                raise bad(f"/compact/labels span [{int(cl.min())}, {int(cl.max())}] outside [0, {m.num_classes - 1}]")
             if "soft_labels" in self.compact and tuple(self.compact["soft_labels"].shape) != (c.shape[0], m.num_classes):
                 raise bad(f"/compact/soft_labels has shape {tuple(self.compact['soft_labels'].shape)}, expected "
                           f"[{c.shape[0]}, {m.num_classes}]")
@@ -341,6 +407,13 @@ class SyntheticSet(Dataset):
                                                                                                m.width):
             raise bad(f"/compact/compensators has shape {tuple(self.compact['compensators'].shape)}, expected "
                       f"[n, {m.channels}, {m.height}, {m.width}]")
+        if self.zca is not None:
+            d = m.channels * m.height * m.width
+            z = self.zca
+            if tuple(z.mean.shape) != (1, d) or tuple(z.matrix.shape) != (d, d) or tuple(z.inverse.shape) != (d, d):
+                raise bad(f"the ZCA matrices do not fit {d}-value images")
+            if not all(bool(torch.isfinite(t).all()) for t in (z.mean, z.matrix, z.inverse)):
+                raise bad("the ZCA matrices contain NaN or infinite values")
 
 
 def load(path: str | os.PathLike, soft: bool = False) -> SyntheticSet:
