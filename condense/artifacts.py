@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -231,7 +232,10 @@ class Artifacts:
 
     def _load(self, path: Path) -> dict[str, Any]:
         try:
-            return torch.load(path, map_location="cpu")  # CPU first: generator states must stay there
+            return torch.load(path, map_location="cpu", weights_only=True)  # CPU: generator states stay there
+        except pickle.UnpicklingError:
+            raise CondenseError(f"The cached artifact {path} holds objects other than tensors, numbers and text, "
+                                f"which condense does not unpickle. Delete it; it will be rebuilt.") from None
         except Exception as e:  # noqa: BLE001  (a damaged cache file is one user problem)
             raise CondenseError(f"The cached artifact {path} is damaged ({type(e).__name__}). Delete it; "
                                 f"it will be rebuilt on the next run.") from None

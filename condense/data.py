@@ -422,7 +422,11 @@ def load_tiny(roots: list[Path], download: bool, spec: str) -> tuple[Split, Spli
                               downloadable=False)
     cache = base.parent / "tiny-imagenet.pt"
     if cache.is_file():
-        d = torch.load(cache)
+        try:
+            d = torch.load(cache, weights_only=True)  # tensors and class names only: nothing is unpickled as code
+        except Exception as e:  # noqa: BLE001  (a damaged or foreign cache is one user problem)
+            raise CondenseError(f"{cache} (condense's decoded copy of Tiny-ImageNet) cannot be read safely "
+                                f"({type(e).__name__}). Delete it; it is rebuilt from the image folders.") from None
         train, test, classes = Split(*d["train"]), Split(*d["test"]), d["classes"]
     else:
         from PIL import Image

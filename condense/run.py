@@ -6,6 +6,7 @@ from it so that an interrupted run ends with the same file as an uninterrupted o
 """
 from __future__ import annotations
 
+import pickle
 import signal
 import threading
 import time
@@ -148,24 +149,27 @@ class _StopFlag:
 
 @contextmanager
 def _stop_between_iterations() -> Iterator[_StopFlag]:
-    """Turn the first Ctrl-C into a request to stop at the end of the current iteration (so the
-    checkpoint holds a whole number of iterations); a second Ctrl-C stops at once."""
+    """Turn the first Ctrl-C or SIGTERM (what batch schedulers send before preempting a job) into a
+    request to stop at the end of the current iteration, so the checkpoint holds a whole number of
+    iterations; a second one stops at once."""
     flag = _StopFlag()
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum, frame):  # noqa: ARG001
         if flag.requested:
             raise KeyboardInterrupt
         flag.requested = True
 
-    signal.signal(signal.SIGINT, handler)
+    for s in previous:
+        signal.signal(s, handler)
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _resume(algo, path: Path, identity: dict[str, Any]) -> int:
@@ -173,7 +177,12 @@ def _resume(algo, path: Path, identity: dict[str, Any]) -> int:
         raise CondenseError(f"--resume: no checkpoint at {path}. A run writes OUT.ckpt beside its output "
                             f"every --ckpt-every iterations; start without --resume to begin afresh.")
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)  # generator states must stay on the CPU
+        # tensors, numbers, strings and containers only: nothing in a checkpoint is unpickled as code
+        ck = torch.load(path, map_location="cpu", weights_only=True)  # generator states must stay on the CPU
+    except pickle.UnpicklingError:
+        raise CondenseError(f"--resume: {path} holds objects other than tensors, numbers and text, which condense "
+                            f"does not unpickle (a checkpoint from elsewhere can run code when loaded). Use a "
+                            f"checkpoint condense wrote, or start again without --resume.") from None
     except Exception as e:  # noqa: BLE001  (any unreadable file is the same user problem)
         raise CondenseError(f"--resume: {path} is not a readable checkpoint ({type(e).__name__}). "
                             f"Delete it and start again without --resume.") from None

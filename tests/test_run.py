@@ -29,11 +29,11 @@ class Walk(Algorithm):
         x, y = self.real.random_subset(self.cfg.ipc, self.ctx.generator)
         self.x, self.y = x.clone(), y
         self.opt = torch.optim.SGD([self.x.requires_grad_(True)], lr=self.cfg.lr, momentum=0.5)
-        self.fail_at = None
+        self.fail_at, self.signal = None, signal.SIGINT
 
     def step(self, it):
-        if it == self.fail_at:  # as if the user pressed Ctrl-C during this iteration
-            os.kill(os.getpid(), signal.SIGINT)
+        if it == self.fail_at:  # as if the user pressed Ctrl-C (or the scheduler sent SIGTERM) during this iteration
+            os.kill(os.getpid(), self.signal)
         noise = torch.randn(self.x.shape, generator=self.ctx.generator)
         loss = ((self.x - noise) ** 2).mean()
         self.opt.zero_grad()
@@ -63,13 +63,15 @@ def make(real, tmp_path, seed=0, **over):
     return Walk(cfg, real, Context(seed=seed))
 
 
-def test_interrupted_run_resumes_to_the_same_file(real, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_resumes_to_the_same_file(real, tmp_path, sig):
+    """Ctrl-C and SIGTERM (what batch schedulers send before preempting) both checkpoint and stop."""
     whole = run_distill(make(real, tmp_path), RunSpec("test-walk", out=tmp_path / "whole.h5", ckpt_every=2))
     out = tmp_path / "cut.h5"
     algo = make(real, tmp_path)
     algo.init()
     algo.init = lambda: None  # keep the instance's state, but make step 4 fail like Ctrl-C
-    algo.fail_at = 4
+    algo.fail_at, algo.signal = 4, sig
     with pytest.raises(Interrupted, match="after iteration 5 of 6") as e:
         run_distill(algo, RunSpec("test-walk", out=out, ckpt_every=2))
     assert e.value.exit_code == 130

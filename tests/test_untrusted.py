@@ -166,3 +166,28 @@ def test_a_mutated_file_loads_cleanly_or_is_refused_cleanly(tmp_path, mutation):
     except CondenseError:
         return
     assert isinstance(s, SyntheticSet) and torch.isfinite(s.images).all()
+
+
+class _RunsCode:
+    """What a hostile pickle does: call a function of its choosing while being loaded."""
+
+    def __reduce__(self):
+        return (open, ("/nonexistent-dir/should-not-exist", "w"))
+
+
+def test_checkpoints_and_cached_artifacts_are_never_unpickled(tmp_path, monkeypatch, capsys, data_root, real):
+    from test_cli import cli
+
+    from condense.artifacts import Artifacts, teacher_recipe
+
+    ckpt = tmp_path / "run.ckpt"
+    torch.save({"version": 1, "identity": {}, "iteration": 1, "state": _RunsCode()}, ckpt)
+    code, _, err = cli(monkeypatch, capsys, "distill", "--algo", "dm", "--ipc", "1", "--iters", "2", "--resume-from",
+                       ckpt, "--out", tmp_path / "o.h5", "--data-root", data_root, "--quiet")
+    assert code == 1 and "does not unpickle" in " ".join(err.split()) and not (tmp_path / "o.h5").exists()
+    store = Artifacts(tmp_path / "cache")
+    path = store.path(store.describe(real, "convnet", teacher_recipe(1), 0))
+    path.parent.mkdir(parents=True)
+    torch.save({"meta": _RunsCode()}, path)
+    with pytest.raises(CondenseError, match="does not unpickle"):
+        store.trained_record(real, "convnet", teacher_recipe(1), 0)
