@@ -5,6 +5,7 @@ write files without importing the synthetic-set format (and without import cycle
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -71,9 +72,65 @@ def atomic_path(path: Path, directory: bool = False) -> Iterator[Path]:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+        full = isinstance(e, OSError) and e.errno == errno.ENOSPC or _nearly_full(path.parent)
+        if isinstance(e, OSError) or (full and isinstance(e, RuntimeError)):  # torch.save reports a full disk so
+            kept = f"the previous {'folder' if directory else 'file'} is unchanged" if path.exists() else "nothing was written"
+            raise CondenseError(f"Could not write {path}: {'the disk is full' if full else e.strerror or e}; {kept} "
+                                f"and no temporary file is left. Free some space or choose another location.") from None
         raise
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < 2**20
+    except OSError:
+        return False
+
+
+def check_output(path: Path, inputs: tuple[Path, ...] = (), directory: bool = False, flag: str = "--out") -> None:
+    """Before any work: `path` can be written (its folder exists or can be made, and is writable), it is
+    not an existing folder (for a file) or file (for a folder), and it is none of the `inputs`."""
+    path = Path(path)
+    for i in inputs:
+        if path.exists() and Path(i).exists() and path.resolve() == Path(i).resolve():
+            raise CondenseError(f"{flag} {path} is also an input of this command; writing it would replace what "
+                                f"is being read. Choose another {flag}.")
+    if path.is_dir() and not directory:
+        raise CondenseError(f"{flag} {path} is a folder; name a file inside it (e.g. {path / 'synth.h5'}).")
+    if path.exists() and directory and not path.is_dir():
+        raise CondenseError(f"{flag} {path} is a file; name a folder.")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CondenseError(f"{flag} {path}: {parent} is not writable for this user. Choose a writable location.")
+
+
+@contextmanager
+def exclusive(path: Path, what: str = "writing") -> Iterator[None]:
+    """Hold an exclusive lock on `path` (a hidden `.NAME.lock` beside it) for the block, so two
+    processes never write the same output or checkpoint; a second one is refused at once."""
+    import fcntl
+
+    path = Path(path)
+    lock = path.parent / f".{path.name}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CondenseError(f"Another condense process is {what} {path} (it holds {lock}). Wait for it to "
+                                f"finish, or choose another output.") from None
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -6,6 +6,7 @@ from it so that an interrupted run ends with the same file as an uninterrupted o
 """
 from __future__ import annotations
 
+import math
 import pickle
 import signal
 import threading
@@ -22,7 +23,7 @@ import torch
 from condense import fast
 from condense.errors import CondenseError, Interrupted
 from condense.progress import Reporter
-from condense.io import atomic_path
+from condense.io import atomic_path, check_output, exclusive
 from condense.synthetic import SyntheticSet
 
 CKPT_VERSION = 1
@@ -93,7 +94,8 @@ def run_distill(algo, spec: RunSpec, reporter: Reporter | None = None,
     evaluate: optional quick evaluation run every `spec.eval_every` iterations (its accuracy is
     shown next to the progress bar). The `fast` execution setting holds for the whole run.
     """
-    with fast.use(algo.ctx.execution.fast):
+    check_output(spec.out, (spec.resume,) if spec.resume else ())
+    with exclusive(spec.out, "writing"), fast.use(algo.ctx.execution.fast):
         return _run(algo, spec, reporter or Reporter(), evaluate)
 
 
@@ -110,10 +112,28 @@ def _run(algo, spec: RunSpec, reporter: Reporter, evaluate: Callable[[SyntheticS
     else:
         algo.init()
 
-    def checkpoint(it: int) -> None:
-        with atomic_path(ckpt_path) as tmp:
-            torch.save({"version": CKPT_VERSION, "identity": identity, "iteration": it,
-                        "state": algo.state_dict()}, tmp)
+    saved = [start if spec.resume is not None else None]  # the iteration the checkpoint file holds
+
+    def where() -> str:
+        return (f"{ckpt_path} holds iteration {saved[0]}, the last finite state" if saved[0] is not None else
+                "no checkpoint was written")
+
+    def checkpoint(it: int, periodic: bool = True) -> None:
+        """Write the state after iteration `it`; never a non-finite one. A periodic checkpoint that
+        cannot be written (a full disk) warns and the run goes on; the previous file stays."""
+        state = algo.state_dict()
+        bad = _non_finite(state)
+        if bad:
+            raise CondenseError(f"The run diverged: {bad} is not finite after iteration {it} of {cfg.iters}; "
+                                f"{where()}. Lower the learning rate and resume, or start again.")
+        try:
+            with atomic_path(ckpt_path) as tmp:
+                torch.save({"version": CKPT_VERSION, "identity": identity, "iteration": it, "state": state}, tmp)
+            saved[0] = it
+        except CondenseError as e:
+            if not periodic:
+                raise
+            reporter.warn(f"{e} The run goes on from memory; {where()}.")
 
     t0 = time.time()
     bar = reporter.task(f"{algo.name} ipc {cfg.ipc}", cfg.iters) if cfg.iters else \
@@ -122,11 +142,15 @@ def _run(algo, spec: RunSpec, reporter: Reporter, evaluate: Callable[[SyntheticS
         update(advance=start)
         for it in range(start, cfg.iters):
             logs = algo.step(it)
+            loss = logs.get("loss")
+            if loss is not None and not math.isfinite(float(loss)):  # one scalar read per iteration
+                raise CondenseError(f"The run diverged: the loss is {float(loss)} at iteration {it + 1} of "
+                                    f"{cfg.iters}; {where()}. Lower the learning rate and resume, or start again.")
             if spec.eval_every and (it + 1) % spec.eval_every == 0 and evaluate is not None:
                 logs["acc"] = evaluate(algo.synthetic())
             update(**logs)
-            if stop.requested and it + 1 < cfg.iters:  # Ctrl-C: finish the iteration, save, leave
-                checkpoint(it + 1)
+            if stop.requested and it + 1 < cfg.iters:  # Ctrl-C or SIGTERM: finish the iteration, save, leave
+                checkpoint(it + 1, periodic=False)
                 raise Interrupted(f"Interrupted after iteration {it + 1} of {cfg.iters}; the state is saved in "
                                   f"{ckpt_path}. Continue with the same command plus --resume.")
             if spec.ckpt_every and (it + 1) % spec.ckpt_every == 0 and it + 1 < cfg.iters:
@@ -170,6 +194,18 @@ def _stop_between_iterations() -> Iterator[_StopFlag]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def _non_finite(state: Any, name: str = "state") -> str | None:
+    """The first floating tensor in a (nested) state that holds NaN or infinity, by name."""
+    if isinstance(state, torch.Tensor):
+        return name if state.is_floating_point() and not bool(torch.isfinite(state).all()) else None
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    for k, v in items:
+        bad = _non_finite(v, f"{name}[{k!r}]")
+        if bad:
+            return bad
+    return None
 
 
 def _resume(algo, path: Path, identity: dict[str, Any]) -> int:

@@ -115,3 +115,70 @@ def test_presets_merge_from_general_to_specific(tmp_path, monkeypatch):
     assert preset_values("test-walk", "cpu", "fashion-mnist", 10) == {"iters": 7, "lr": 3.0}
     with pytest.raises(CondenseError, match="no preset 'paper'"):
         preset_values("test-walk", "paper", "cifar10", 1)
+
+
+def test_the_output_is_checked_before_any_work(real, tmp_path):
+    algo = make(real, tmp_path)
+    started = []
+    algo.init = lambda: started.append(1)
+    with pytest.raises(CondenseError, match="is a folder"):
+        run_distill(algo, RunSpec("test-walk", out=tmp_path))
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if not os.access(locked, os.W_OK):  # (root may write anywhere)
+            with pytest.raises(CondenseError, match="not writable"):
+                run_distill(algo, RunSpec("test-walk", out=locked / "x.h5"))
+    finally:
+        locked.chmod(0o755)
+    ckpt = tmp_path / "same.h5"
+    ckpt.write_bytes(b"x")
+    with pytest.raises(CondenseError, match="also an input"):
+        run_distill(algo, RunSpec("test-walk", out=ckpt, resume=ckpt))
+    assert not started
+
+
+def test_two_runs_never_write_the_same_output(real, tmp_path):
+    from condense.io import exclusive
+
+    out = tmp_path / "a.h5"
+    with exclusive(out):
+        with pytest.raises(CondenseError, match="Another condense process"):
+            run_distill(make(real, tmp_path), RunSpec("test-walk", out=out))
+    run_distill(make(real, tmp_path), RunSpec("test-walk", out=out))  # free again
+    assert out.exists() and not list(tmp_path.glob(".*lock"))
+
+
+def test_a_full_disk_keeps_the_progress_and_the_previous_file(real, tmp_path, monkeypatch, capsys):
+    import errno
+
+    out = tmp_path / "a.h5"
+    first = run_distill(make(real, tmp_path), RunSpec("test-walk", out=out))
+    before = out.read_bytes()
+    real_save = torch.save
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)  # every checkpoint fails: the run goes on and finishes
+    again = run_distill(make(real, tmp_path), RunSpec("test-walk", out=tmp_path / "b.h5", ckpt_every=2))
+    assert torch.equal(again.images, first.images) and "disk is full" in capsys.readouterr().err
+    monkeypatch.setattr(torch, "save", real_save)
+    import h5py
+
+    monkeypatch.setattr(h5py.File, "create_dataset", full)  # now the final write fails
+    with pytest.raises(CondenseError, match="the disk is full; the previous file is unchanged"):
+        run_distill(make(real, tmp_path, seed=1), RunSpec("test-walk", out=out))
+    assert out.read_bytes() == before and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_diverging_run_stops_naming_the_iteration_and_keeps_the_last_finite_checkpoint(real, tmp_path):
+    algo = make(real, tmp_path, lr=1e30, iters=12)  # the descent explodes to inf and NaN within a few steps
+    out = tmp_path / "d.h5"
+    with pytest.raises(CondenseError, match=r"diverged: .* at iteration \d+ of 12") as e:
+        run_distill(algo, RunSpec("test-walk", out=out, ckpt_every=1))
+    assert not out.exists()
+    ck = torch.load(Path(str(out) + ".ckpt"), weights_only=True)
+    assert f"holds iteration {ck['iteration']}" in str(e.value)
+    assert torch.isfinite(ck["state"]["x"]).all()
