@@ -33,10 +33,18 @@ from condense.errors import CondenseError
 from condense.models import FlatParams, Network, build_model
 from condense.progress import Reporter
 from condense.runtime import make_generator
-from condense.io import atomic_path
+from condense.io import atomic_path, exclusive
 from condense.train import TrainConfig, TrainData, accuracy, train_model
 
 ARTIFACT_VERSION = 1
+
+
+def _discard(path: Path) -> None:
+    """Remove a partial build if there is one (in a cache that cannot be written there is none)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _val_accuracy(net: torch.nn.Module, val: tuple[torch.Tensor, torch.Tensor]) -> float:
@@ -123,6 +131,7 @@ class Artifacts:
         self.root = cache_root(root)
         self.reporter = reporter or Reporter()
         self.device = torch.device(device)
+        self.warned = False
 
     # ---- trained networks ----------------------------------------------------------------------
 
@@ -157,6 +166,11 @@ class Artifacts:
         that diverged (non-finite weights, or chance accuracy) is refused, never cached."""
         desc = self.describe(real, arch, recipe, seed)
         path = self.path(desc)
+        with exclusive(path, "building", wait=True):  # a second process waits, then loads the finished file
+            return self._trained_record(real, arch, recipe, seed, val, desc, path)
+
+    def _trained_record(self, real: RealData, arch: str, recipe: TrainConfig, seed: int,
+                        val: tuple[torch.Tensor, torch.Tensor] | None, desc: dict[str, Any], path: Path) -> dict[str, Any]:
         if path.is_file():
             record = self._load(path)
             if val is not None and record["meta"].get("val_accuracy") is None:
@@ -165,7 +179,7 @@ class Artifacts:
         net, init, _, seconds = self._train(real, arch, recipe, seed, path.with_suffix(".partial.pt"), False)
         acc = accuracy(net, real.test_batches())
         if recipe.epochs > 0 and _collapsed(net, real) and acc <= 1.2 / real.info.num_classes:
-            path.with_suffix(".partial.pt").unlink(missing_ok=True)
+            _discard(path.with_suffix(".partial.pt"))
             raise CondenseError(f"Training {arch} on {real.info.name} (seed {seed}) ended at {acc:.1%} test accuracy, "
                                 f"predicting one class for nearly every image: it diverged, so it was not cached. "
                                 f"Train it with a smaller learning rate (--lr).")
@@ -173,10 +187,9 @@ class Artifacts:
                   "meta": {**desc, "test_accuracy": acc, "seconds": seconds,
                            "val_accuracy": None if val is None else _val_accuracy(net, val),
                            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}}
-        with atomic_path(path) as tmp:
-            torch.save(record, tmp)
-        path.with_suffix(".partial.pt").unlink(missing_ok=True)
-        self.reporter.log(f"cached {path.name}: test accuracy {acc:.2%} after {seconds:.0f}s")
+        if self._store(path, lambda tmp: torch.save(record, tmp)):
+            self.reporter.log(f"cached {path.name}: test accuracy {acc:.2%} after {seconds:.0f}s")
+        _discard(path.with_suffix(".partial.pt"))
         return record
 
     def summary(self, real: RealData, jobs: list[tuple[str, TrainConfig, int]]) -> list[tuple[str, ...]]:
@@ -199,9 +212,13 @@ class Artifacts:
     def expert(self, real: RealData, arch: str, recipe: TrainConfig, index: int) -> torch.Tensor:
         """[recipe.epochs + 1, P] flat parameters of expert `index` at initialization and after every
         epoch (built and cached on first use)."""
+        path = self.expert_path(real, arch, recipe, index)
+        with exclusive(path, "building", wait=True):
+            return self._expert(real, arch, recipe, index, path)
+
+    def _expert(self, real: RealData, arch: str, recipe: TrainConfig, index: int, path: Path) -> torch.Tensor:
         import h5py
 
-        path = self.expert_path(real, arch, recipe, index)
         if path.is_file():
             try:
                 with h5py.File(path, "r") as f:
@@ -213,12 +230,15 @@ class Artifacts:
         net, _, traj, seconds = self._train(real, arch, recipe, index, path.with_suffix(".partial.pt"), True,
                                             label=f"expert {index}")
         params = torch.stack(traj)
-        with atomic_path(path) as tmp:
+
+        def write(tmp: Path) -> None:
             with h5py.File(tmp, "w") as f:
                 f.create_dataset("params", data=params.numpy())
                 f.attrs["meta"] = json.dumps({**desc, "seconds": seconds, "names": FlatParams(net).names})
-        path.with_suffix(".partial.pt").unlink(missing_ok=True)
-        self.reporter.log(f"cached {path.parent.name}/{path.name}: {params.shape[0] - 1} epochs in {seconds:.0f}s")
+
+        if self._store(path, write):
+            self.reporter.log(f"cached {path.parent.name}/{path.name}: {params.shape[0] - 1} epochs in {seconds:.0f}s")
+        _discard(path.with_suffix(".partial.pt"))
         return params
 
     def experts(self, real: RealData, arch: str, recipe: TrainConfig, num: int) -> tuple[Path, int]:
@@ -227,6 +247,20 @@ class Artifacts:
             self.expert(real, arch, recipe, i)
         folder = self.expert_path(real, arch, recipe, 0).parent
         return folder, sum(p.stat().st_size for p in folder.glob("*.h5"))
+
+    def _store(self, path: Path, write) -> bool:
+        """Write `path` atomically; if the cache cannot be written (read-only, full), warn once and go
+        on: the caller keeps what it built in memory, and it is built again next time."""
+        try:
+            with atomic_path(path) as tmp:
+                write(tmp)
+            return True
+        except CondenseError as e:
+            if not self.warned:
+                self.reporter.warn(f"the artifact cache {self.root} cannot be written ({e}) What is built now is used "
+                                   f"from memory and not kept; set $CONDENSE_CACHE to a writable folder to keep it.")
+                self.warned = True
+            return False
 
     # ---- shared training with per-epoch checkpoints ----------------------------------------------
 
@@ -257,22 +291,21 @@ class Artifacts:
             net.load_state_dict(ck["model"])
             init, opt_state, start, spent, traj = ck["init"], ck["opt"], ck["epoch"] + 1, ck["seconds"], ck["traj"]
             gen.set_state(ck["generator"])
-        partial.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.time() - spent
         with self.reporter.task(f"{label or 'train ' + arch} on {info.name} ({recipe.epochs} ep)", recipe.epochs) as update:
             update(advance=start)
 
             def on_epoch(epoch: int, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
                 if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):  # one sync per epoch
-                    partial.unlink(missing_ok=True)
+                    _discard(partial)
                     raise CondenseError(f"Training {arch} on {info.name} (seed {seed}) diverged in epoch {epoch + 1} "
                                         f"(non-finite weights), so it was not cached. Train it with a smaller "
                                         f"learning rate.")
                 if trajectory:
                     traj.append(flat.flatten(model).cpu())
-                with atomic_path(partial) as tmp:
-                    torch.save({"model": model.state_dict(), "init": init, "opt": opt.state_dict(), "epoch": epoch,
-                                "generator": gen.get_state(), "seconds": time.time() - t0, "traj": traj}, tmp)
+                state = {"model": model.state_dict(), "init": init, "opt": opt.state_dict(), "epoch": epoch,
+                         "generator": gen.get_state(), "seconds": time.time() - t0, "traj": traj}
+                self._store(partial, lambda tmp: torch.save(state, tmp))
                 update()
 
             with torch.enable_grad():  # callers may hold no_grad while asking for a network

@@ -25,6 +25,24 @@ def package_version() -> str:
         return "0+unknown"
 
 
+_code: list[str] = []
+
+
+def code_version() -> str:
+    """The installed version plus a hash of the package's source: two builds of one version number
+    from different source trees (an editable install being edited) are different code."""
+    if not _code:
+        import hashlib
+
+        h = hashlib.sha256()
+        root = Path(__file__).resolve().parents[1]
+        for pkg in ("condense", "algorithms", "evaluators"):
+            for path in sorted((root / pkg).rglob("*.py")):
+                h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+        _code.append(f"{package_version()}+{h.hexdigest()[:12]}")
+    return _code[0]
+
+
 EXPORT_MARK = ".condense-export"
 
 
@@ -112,18 +130,25 @@ def check_output(path: Path, inputs: tuple[Path, ...] = (), directory: bool = Fa
 
 
 @contextmanager
-def exclusive(path: Path, what: str = "writing") -> Iterator[None]:
+def exclusive(path: Path, what: str = "writing", wait: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on `path` (a hidden `.NAME.lock` beside it) for the block, so two
-    processes never write the same output or checkpoint; a second one is refused at once."""
+    processes never write the same output or checkpoint: a second one is refused at once, or with
+    `wait` blocks until the first is done (two processes building one cached artifact)."""
     import fcntl
 
     path = Path(path)
     lock = path.parent / f".{path.name}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError:  # a location nothing can be written to needs no guard against two writers
+        fd = -1
+    if fd < 0:
+        yield
+        return
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             raise CondenseError(f"Another condense process is {what} {path} (it holds {lock}). Wait for it to "
                                 f"finish, or choose another output.") from None

@@ -18,6 +18,11 @@ from evaluators.protocols import Protocol
 from evaluators.retrain import ArchResult
 
 
+def _nums(values: list[float]) -> list[float | None]:
+    """NaN (a diverged run, or a mean over none) as JSON null."""
+    return [v if v == v else None for v in values]
+
+
 @dataclass
 class Row:
     method: str  # algorithm name, or "random (real)" for the baseline
@@ -59,7 +64,9 @@ class Report:
     def cell(res: ArchResult | None, scores: dict[str, float] | None = None) -> str:
         if res is None or not res.accs:
             return "—"
-        text = f"{100 * res.mean:.1f} ± {100 * res.std:.1f} (n={len(res.accs)})"
+        text = f"{100 * res.mean:.1f} ± {100 * res.std:.1f} (n={len(res.accs) - res.diverged})"
+        if res.diverged:
+            text += f", {res.diverged} run{'s' if res.diverged > 1 else ''} diverged"
         if res.lr_grid_val:
             text += f" lr {res.lr:g} (chosen on val)"
         scores = scores or {}
@@ -102,8 +109,9 @@ class Report:
             "protocol": self.protocol.to_json(), "dataset": self.dataset, "seed": self.seed,
             "condense_version": package_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "rows": [{"method": r.method, "ipc": r.ipc, "source": r.source, "selection": r.selection, **r.extra,
-                      "results": [{"arch": a.arch, "lr": a.lr, "accs": a.accs, "mean": a.mean, "std": a.std,
-                                   "final_accs": a.final_accs, "test_best_accs": a.test_best_accs,
+                      "results": [{"arch": a.arch, "lr": a.lr, "accs": _nums(a.accs), "mean": _nums([a.mean])[0],
+                                   "std": _nums([a.std])[0], "diverged": a.diverged,
+                                   "final_accs": _nums(a.final_accs), "test_best_accs": a.test_best_accs,
                                    **({"val_accs": a.val_accs} if a.val_accs else {}),
                                    **({"lr_grid_val": {str(k): v for k, v in a.lr_grid_val.items()}}
                                       if a.lr_grid_val else {})}

@@ -48,12 +48,20 @@ class ArchResult:
 
     @property
     def mean(self) -> float:
-        return float(np.mean(self.accs)) if self.accs else float("nan")
+        """Mean over the runs that did not diverge (a diverged run's accuracy is NaN)."""
+        ok = [a for a in self.accs if a == a]
+        return float(np.mean(ok)) if ok else float("nan")
 
     @property
     def std(self) -> float:
-        """Population std over runs (np.std, as the DC/DSA/MTT code reports it)."""
-        return float(np.std(self.accs)) if self.accs else float("nan")
+        """Population std over the runs that did not diverge (np.std, as the DC/DSA/MTT code reports it)."""
+        ok = [a for a in self.accs if a == a]
+        return float(np.std(ok)) if ok else float("nan")
+
+    @property
+    def diverged(self) -> int:
+        """Runs whose training diverged (non-finite weights): reported as such, not as ~chance accuracy."""
+        return sum(a != a for a in self.accs)
 
 
 @dataclass
@@ -150,6 +158,10 @@ def train_and_test(data: list[tuple[torch.Tensor, torch.Tensor]], real: RealData
     else:
         train_model(model, datas[0], cfg, gens[0], lr=lr, allow_flip=info.allow_flip, compile=settings.compile,
                     on_epoch=on_epoch, teacher=teacher)
+    finite = [_finite(model, i, len(runs)) for i in range(len(runs))]
+    if not all(finite):  # a diverged run is reported as such (NaN), not as an accuracy near chance
+        accs = test_accs(model, real.test_batches())
+        return [(a, a, None, None) if ok else (float("nan"), float("nan"), None, None) for a, ok in zip(accs, finite)]
     if settings.select == "final":
         return [(a, a, None, None) for a in test_accs(model, real.test_batches())]
     out = []
@@ -161,6 +173,11 @@ def train_and_test(data: list[tuple[torch.Tensor, torch.Tensor]], real: RealData
             best_val = max(v for v, _ in ck)  # the earliest epoch with the best val accuracy
             out.append((next(t for v, t in ck if v == best_val), final, test_best, best_val))
     return out
+
+
+def _finite(model: torch.nn.Module, run: int, runs: int) -> bool:
+    """Whether run `run`'s weights are all finite (a stack keeps run r in the r-th slice of dim 0)."""
+    return all(bool(torch.isfinite(p.chunk(runs, 0)[run] if runs > 1 else p).all()) for p in model.parameters())
 
 
 class RunCache:
@@ -235,9 +252,9 @@ def _run_all(res: ArchResult, settings: EvalSettings, update, train_group, run_k
 
 def _run_parts(settings: EvalSettings, data: str, arch: str, lr: float, tag: str) -> dict[str, Any]:
     """What determines every run of one evaluation (the run index is added per run)."""
-    from condense.io import package_version
+    from condense.io import code_version
 
-    return {"v": 1, "condense": package_version(), "device": settings.device, "data": data,
+    return {"v": 1, "condense": code_version(), "device": settings.device, "data": data,
             "protocol": settings.protocol.to_json(), "arch": arch, "lr": lr, "tag": tag, "seed": settings.seed,
             "select": settings.select, "every": settings.every if settings.select != "final" else None,
             "val": tensor_digest(*settings.val) if settings.val is not None else None,
@@ -309,7 +326,9 @@ def _pre_digest(real: RealData) -> str:
     """The real data as runs see it: dataset, training split, and the preprocessing (mean/std, ZCA)."""
     pre = real.pre
     zca = tensor_digest(pre.zca.matrix, pre.zca.mean) if pre.zca is not None else "none"
-    return f"{real.info.name} [{real.subset or 'whole'}] {real.train.labels.numel()} mean {pre.mean} std {pre.std} zca {zca}"
+    test = tensor_digest(real.test.images, real.test.labels)
+    return (f"{real.info.name} [{real.subset or 'whole'}] {real.train.labels.numel()} test {test} mean {pre.mean} "
+            f"std {pre.std} zca {zca}")
 
 
 def _subset(real: RealData, ipc: int, settings: EvalSettings, run: int) -> tuple[torch.Tensor, torch.Tensor]:

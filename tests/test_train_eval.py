@@ -218,3 +218,31 @@ def test_finished_runs_are_cached_so_an_interrupted_evaluation_resumes(real, tmp
     trained.clear()
     evaluate_set(s, real, EvalSettings(proto.with_epochs(2), ["convnet"], runs=1, stack=False, cache=cache))
     assert trained == [0]  # another protocol is another key
+
+
+@pytest.mark.parametrize("stack", [False, True])
+def test_a_diverged_run_is_reported_as_diverged_not_as_chance_accuracy(real, tmp_path, stack):
+    proto = get_protocol("dsa").with_epochs(2)
+    res = evaluate_set(synth_from(real, lr=1e30), real, EvalSettings(proto, ["convnet"], runs=2, stack=stack))[0]
+    assert res.diverged == 2 and res.mean != res.mean  # no mean over zero finished runs
+    report = Report(proto, real.info.name, 0, [Row("x", 2, "x.h5", [res])])
+    assert "2 runs diverged" in report.to_markdown()
+    report.save_json(tmp_path / "r.json")
+    data = json.loads((tmp_path / "r.json").read_text())["rows"][0]["results"][0]
+    assert data["accs"] == [None, None] and data["diverged"] == 2 and data["mean"] is None
+    fine = evaluate_set(synth_from(real), real, EvalSettings(proto, ["convnet"], runs=2, stack=stack))[0]
+    assert fine.diverged == 0 and fine.mean == fine.mean
+
+
+def test_the_evaluation_cache_key_changes_with_the_code_and_the_test_split(real, monkeypatch):
+    from dataclasses import replace as dreplace
+
+    from condense import io
+    from condense.data import Split
+
+    settings = EvalSettings(get_protocol("dsa"), ["convnet"], runs=1)
+    before = retrain._run_parts(settings, "data", "convnet", 0.01, "eval")
+    monkeypatch.setattr(io, "_code", ["0.1.0+another-source-tree"])
+    assert retrain._run_parts(settings, "data", "convnet", 0.01, "eval")["condense"] != before["condense"]
+    flipped = dreplace(real, test=Split(real.test.images.flip(0), real.test.labels.flip(0)))
+    assert retrain._pre_digest(flipped) != retrain._pre_digest(real)

@@ -191,3 +191,40 @@ def test_checkpoints_and_cached_artifacts_are_never_unpickled(tmp_path, monkeypa
     torch.save({"meta": _RunsCode()}, path)
     with pytest.raises(CondenseError, match="does not unpickle"):
         store.trained_record(real, "convnet", teacher_recipe(1), 0)
+
+
+def test_a_cache_that_cannot_be_written_still_evaluates_and_warns(monkeypatch, capsys, data_root, tmp_path):
+    from test_cli import cli
+
+    out = tmp_path / "r.h5"
+    assert cli(monkeypatch, capsys, "distill", "--algo", "random", "--ipc", "1", "--out", out, "--data-root",
+               data_root, "--quiet")[0] == 0
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # the cache lies below a file: nothing can be created there, even by root
+    monkeypatch.setenv("CONDENSE_CACHE", str(blocker / "cache"))
+    code, _, err = cli(monkeypatch, capsys, "eval", out, "--protocol", "kd-static", "--epochs", "1", "--runs", "1",
+                       "--teacher-epochs", "1", "--data-root", data_root, "--quiet")
+    assert code == 0, err
+    assert "cannot be written" in " ".join(err.split())
+
+
+def test_a_second_process_building_the_same_artifact_waits_and_loads_it(real, tmp_path):
+    import threading
+    import time
+
+    from condense.artifacts import Artifacts, teacher_recipe
+    from condense.io import exclusive
+
+    store, recipe = Artifacts(tmp_path), teacher_recipe(1)
+    path = store.path(store.describe(real, "convnet", recipe, 0))
+    got = []
+    with exclusive(path, "building", wait=True):  # as if another process were training it right now
+        waiter = threading.Thread(target=lambda: got.append(store.trained_record(real, "convnet", recipe, 0)))
+        waiter.start()
+        time.sleep(0.5)
+        assert waiter.is_alive() and not got  # waiting, not training a second copy
+        other = Artifacts(tmp_path / "elsewhere").trained_record(real, "convnet", recipe, 0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(other, path)  # the other process publishes its result
+    waiter.join(60)
+    assert got and torch.equal(got[0]["trained"]["classifier.weight"], other["trained"]["classifier.weight"])
