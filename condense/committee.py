@@ -42,6 +42,8 @@ class CommitteeSpec:
             out.append("no members")
         if self.recipe.epochs < 1:
             out.append(f"epochs must be at least 1 (got {self.recipe.epochs})")
+        if not self.recipe.lr > 0 or self.val_per_class < 0:
+            out.append(f"lr must be positive and val_per_class not negative (got {self.recipe.lr}, {self.val_per_class})")
         return out
 
 

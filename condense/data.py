@@ -299,6 +299,12 @@ def _mnist_like(name: str, tv_folder: str, class_names: list[str], mean: float, 
             looked = roots + [Path(p) for p in SYSTEM_DIRS.get(name, [])]
             raise missing_dataset(name, looked, "Expected the four IDX files (train-images-idx3-ubyte[.gz], ...).")
         xtr, ytr, xte, yte = (read_idx(p) for p in found)  # type: ignore[arg-type]
+        for x, y, px, py in ((xtr, ytr, found[0], found[1]), (xte, yte, found[2], found[3])):
+            if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[1:] != (28, 28):
+                raise CondenseError(f"{px} holds {x.shape} images and {py} {y.shape} labels: expected N 28x28 images "
+                                    f"and N labels. Delete them and fetch the dataset again.")
+            if y.size and int(y.max()) >= 10:
+                raise CondenseError(f"{py} has label {int(y.max())}, outside 0-9. Delete it and fetch the dataset again.")
         train = Split(torch.from_numpy(xtr).unsqueeze(1), torch.from_numpy(ytr.astype(np.int64)))
         test = Split(torch.from_numpy(xte).unsqueeze(1), torch.from_numpy(yte.astype(np.int64)))
         return train, test, info
@@ -358,15 +364,30 @@ DATASETS.register("svhn")(
     _torchvision_rgb("svhn", "SVHN", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), allow_flip=False))
 
 
-def _load_folder(folder: Path, classes: list[str], size: int | None) -> Split:
-    from PIL import Image
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
-    xs, ys = [], []
+
+def _load_folder(folder: Path, classes: list[str], size: int | None) -> Split:
+    """Every image under folder/<class>/ (hidden files and folders skipped; other files skipped with a
+    warning), center-cropped to `size` when given."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    xs, ys, skipped = [], [], []
     for c, cname in enumerate(classes):
-        files = sorted(p for p in (folder / cname).rglob("*") if p.suffix.lower() in
-                       {".jpg", ".jpeg", ".png", ".bmp", ".webp"})
-        for p in files:
-            img = Image.open(p).convert("RGB")
+        files = sorted(p for p in (folder / cname).rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+        images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+        skipped += [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+        if not images:
+            raise CondenseError(f"{folder / cname} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))}); every class "
+                                f"folder needs at least one. Remove the folder or add its images.")
+        for p in images:
+            try:
+                img = Image.open(p).convert("RGB")
+            except (OSError, UnidentifiedImageError) as e:
+                raise CondenseError(f"{p} cannot be read as an image ({e}). Remove or replace it.") from None
             if size is not None and img.size != (size, size):
                 s = size / min(img.size)
                 img = img.resize((max(size, round(img.size[0] * s)), max(size, round(img.size[1] * s))))
@@ -374,6 +395,9 @@ def _load_folder(folder: Path, classes: list[str], size: int | None) -> Split:
                 img = img.crop((left, top, left + size, top + size))
             xs.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
             ys.append(c)
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} files under {folder} that are not images (e.g. {skipped[0]})",
+                      stacklevel=2)
     if not xs:
         raise CondenseError(f"No images found under {folder}. Expected {folder}/<class>/<image files>.")
     shapes = {tuple(x.shape) for x in xs}
@@ -391,8 +415,12 @@ def _channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
 @DATASETS.register("imagefolder")
 def load_imagefolder(roots: list[Path], download: bool, spec: str) -> tuple[Split, Split, DatasetInfo]:
     """`imagefolder:PATH[@SIZE]`: PATH/train/<class>/* and PATH/val (or test)/<class>/*."""
-    path, _, size_s = spec.partition("@")
+    path, at, size_s = spec.rpartition("@")
+    if not at or not size_s.isdigit():  # an '@' that is part of the path, not a size
+        path, size_s = spec, ""
     size = int(size_s) if size_s else None
+    if size is not None and not 8 <= size <= 1024:
+        raise CondenseError(f"imagefolder:{spec}: the size after '@' must be between 8 and 1024 pixels (got {size}).")
     root = Path(path).expanduser()
     if not (root / "train").is_dir():
         raise CondenseError(f"imagefolder:{path}: no folder {root / 'train'}. Expected PATH/train/<class>/... and "
@@ -400,7 +428,7 @@ def load_imagefolder(roots: list[Path], download: bool, spec: str) -> tuple[Spli
     test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
     if test_dir is None:
         raise CondenseError(f"imagefolder:{path}: no {root / 'val'} or {root / 'test'} folder for the test split.")
-    classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+    classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir() and not d.name.startswith("."))
     train = _load_folder(root / "train", classes, size)
     test = _load_folder(test_dir, classes, size)
     mean, std = _channel_stats(train.images)

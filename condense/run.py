@@ -94,6 +94,9 @@ def run_distill(algo, spec: RunSpec, reporter: Reporter | None = None,
     evaluate: optional quick evaluation run every `spec.eval_every` iterations (its accuracy is
     shown next to the progress bar). The `fast` execution setting holds for the whole run.
     """
+    if spec.ckpt_every < 0 or spec.eval_every < 0:
+        raise CondenseError(f"--ckpt-every and --eval-every must be 0 (never) or a positive number of iterations "
+                            f"(got {spec.ckpt_every} and {spec.eval_every}).")
     check_output(spec.out, (spec.resume,) if spec.resume else ())
     with exclusive(spec.out, "writing"), fast.use(algo.ctx.execution.fast):
         return _run(algo, spec, reporter or Reporter(), evaluate)

@@ -473,6 +473,8 @@ def export_imagefolder(s: SyntheticSet, out_dir: str | os.PathLike) -> Path:
 
 def save_grid(s: SyntheticSet, path: str | os.PathLike, per_class: int = 10, upscale: int = 2) -> Path:
     """A PNG with one row per class (at most `per_class` images each), in pixel space."""
+    if not 1 <= per_class <= 1000 or not 1 <= upscale <= 32:
+        raise CondenseError(f"--per-class must be 1-1000 and --upscale 1-32 (got {per_class} and {upscale}).")
     from PIL import Image
 
     rows = []

@@ -187,6 +187,11 @@ def evaluate_files(req: EvalRequest, reporter: Reporter) -> Report:
     --protocol, the protocol the files name (what their method is meant to be evaluated with)."""
     if req.baseline not in (None, "random"):
         raise CondenseError(f"--baseline '{req.baseline}' is not known; the baseline is 'random'.")
+    if req.select == "val" and req.val_size < 1:
+        raise CondenseError(f"--val-size must be at least 1 image per class (got {req.val_size}).")
+    for flag, value in (("--teacher-epochs", req.teacher_epochs), ("--teacher-num", req.teacher_num)):
+        if value is not None and value < 1:
+            raise CondenseError(f"{flag} must be at least 1 (got {value}).")
     if req.plot:
         need_matplotlib()
     if (req.ars or req.full_acc is not None) and req.baseline != "random":

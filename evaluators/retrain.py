@@ -96,6 +96,9 @@ class EvalSettings:
                                 "(choosing it by test accuracy is the habit this tool exists to end).")
         if any(not v > 0 for v in self.lr_grid):
             raise CondenseError(f"--lr-grid values must be positive learning rates (got {self.lr_grid}).")
+        if self.every < 0:
+            raise CondenseError(f"--select-every must be 0 (a tenth of the epochs) or a positive number of epochs "
+                                f"(got {self.every}).")
 
 
 def check_compatible(synth: SyntheticSet, real: RealData, where: str) -> None:

@@ -218,3 +218,25 @@ def test_soft_label_teacher_comes_from_the_file_unless_given(monkeypatch, capsys
     s.save(out)
     code, _, err = cli(monkeypatch, capsys, "eval", out, *common)
     assert code == 1 and "names its teacher" in " ".join(err.split())
+
+
+@pytest.mark.parametrize("args, words", [
+    (["eval", "X", "--select", "val", "--val-size", "0"], "--val-size must be at least 1"),
+    (["eval", "X", "--epochs", "-3"], "--epochs must be positive"),
+    (["eval", "X", "--runs", "0"], "--runs must be at least 1"),
+    (["eval", "X", "--select", "test-best", "--select-every", "-1"], "--select-every"),
+    (["eval", "X", "--protocol", "kd-static", "--teacher-num", "0"], "--teacher-num must be at least 1"),
+    (["distill", "--algo", "random", "--ipc", "1", "--ckpt-every", "-1", "--out", "Y"], "--ckpt-every"),
+    (["teachers", "--epochs", "0"], "epochs must be at least 1"),
+    (["teachers", "--lr", "-0.1"], "lr must be positive"),
+    (["experts", "--num", "0"], "--num and --epochs must be at least 1"),
+    (["show", "X", "--upscale", "0", "--out", "Y"], "--upscale"),
+])
+def test_every_numeric_option_is_checked(monkeypatch, capsys, data_root, tmp_path, args, words):
+    out = tmp_path / "r.h5"
+    assert cli(monkeypatch, capsys, "distill", "--algo", "random", "--ipc", "1", "--out", out, "--data-root",
+               data_root, "--quiet")[0] == 0
+    args = [str(out) if a == "X" else str(tmp_path / "y.png") if a == "Y" else a for a in args]
+    extra = ["--data-root", str(data_root)] if args[0] != "show" else []
+    code, _, err = cli(monkeypatch, capsys, *args, *extra)
+    assert code == 1 and words in " ".join(err.split())

@@ -78,3 +78,50 @@ def test_imagefolder_loads_train_and_val(tmp_path):
     with pytest.raises(CondenseError, match="different sizes"):
         Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "set" / "train" / "cat" / "odd.png")
         load_dataset(f"imagefolder:{tmp_path / 'set'}")
+
+
+def _folder(root, classes=("cat", "dog"), n=2):
+    from PIL import Image
+    import numpy as np
+
+    for split in ("train", "val"):
+        for cname in classes:
+            d = root / split / cname
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def test_imagefolder_skips_junk_and_hidden_folders_and_refuses_empty_classes_and_broken_images(tmp_path):
+    root = _folder(tmp_path / "we@home")  # an '@' in the path is part of the path
+    (root / "train" / "cat" / "notes.txt").write_text("not an image")
+    (root / "train" / ".ipynb_checkpoints").mkdir()
+    (root / "train" / "dog" / ".hidden").mkdir()
+    with pytest.warns(UserWarning, match="skipped 1 files"):
+        real = load_dataset(f"imagefolder:{root}")
+    assert real.info.class_names == ["cat", "dog"] and real.train.images.shape[0] == 4
+    assert load_dataset(f"imagefolder:{root}@12").info.size == 12
+    (root / "train" / "bird").mkdir()
+    with pytest.raises(CondenseError, match="bird holds no image"):
+        load_dataset(f"imagefolder:{root}")
+    (root / "train" / "bird").rmdir()
+    (root / "train" / "cat" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(CondenseError, match="broken.png cannot be read as an image"):
+        load_dataset(f"imagefolder:{root}")
+
+
+def test_idx_files_whose_counts_or_labels_do_not_fit_are_refused(tmp_path, data_root):
+    import shutil
+
+    import numpy as np
+    from conftest import write_idx
+
+    root = tmp_path / "fashion-mnist"
+    shutil.copytree(data_root / "fashion-mnist", root)
+    write_idx(root / "train-labels-idx1-ubyte.gz", np.zeros(N_TRAIN * 10 - 1))
+    with pytest.raises(CondenseError, match="N 28x28 images and N labels"):
+        load_dataset("fashion-mnist", data_root=tmp_path)
+    write_idx(root / "train-labels-idx1-ubyte.gz", np.full(N_TRAIN * 10, 12))
+    with pytest.raises(CondenseError, match="label 12, outside 0-9"):
+        load_dataset("fashion-mnist", data_root=tmp_path)
