@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import pickle
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager, nullcontext
@@ -98,11 +99,12 @@ def run_distill(algo, spec: RunSpec, reporter: Reporter | None = None,
         raise CondenseError(f"--ckpt-every and --eval-every must be 0 (never) or a positive number of iterations "
                             f"(got {spec.ckpt_every} and {spec.eval_every}).")
     check_output(spec.out, (spec.resume,) if spec.resume else ())
-    with exclusive(spec.out, "writing"), fast.use(algo.ctx.execution.fast):
-        return _run(algo, spec, reporter or Reporter(), evaluate)
+    with exclusive(spec.out, "writing"), fast.use(algo.ctx.execution.fast), _stop_between_iterations() as stop:
+        return _run(algo, spec, reporter or Reporter(), evaluate, stop)
 
 
-def _run(algo, spec: RunSpec, reporter: Reporter, evaluate: Callable[[SyntheticSet], float] | None) -> SyntheticSet:
+def _run(algo, spec: RunSpec, reporter: Reporter, evaluate: Callable[[SyntheticSet], float] | None,
+         stop: "_StopFlag") -> SyntheticSet:
     cfg = algo.cfg
     ckpt_path = Path(str(spec.out) + ".ckpt")
     identity = {"algo": algo.name, "config": asdict(cfg), "dataset": algo.real.info.name, "seed": spec.seed,
@@ -141,7 +143,7 @@ def _run(algo, spec: RunSpec, reporter: Reporter, evaluate: Callable[[SyntheticS
     t0 = time.time()
     bar = reporter.task(f"{algo.name} ipc {cfg.ipc}", cfg.iters) if cfg.iters else \
         nullcontext(lambda advance=1, **logs: None)
-    with bar as update, _stop_between_iterations() as stop:
+    with bar as update:
         update(advance=start)
         for it in range(start, cfg.iters):
             logs = algo.step(it)
@@ -189,6 +191,7 @@ def _stop_between_iterations() -> Iterator[_StopFlag]:
         if flag.requested:
             raise KeyboardInterrupt
         flag.requested = True
+        sys.stderr.write("\nstopping at the end of this iteration, with a checkpoint (again to stop at once)\n")
 
     for s in previous:
         signal.signal(s, handler)
