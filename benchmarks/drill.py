@@ -41,20 +41,24 @@ def distill(method: str, out: Path, resume: bool) -> subprocess.Popen:
 
 
 def interrupted(method: str, out: Path, sig: int, kills: int, rng: random.Random, ref_seconds: float) -> dict:
-    """Run to the end, sending `sig` `kills` times at random moments, resuming after each."""
+    """Run to the end, sending `sig` `kills` times at random moments, resuming after each (a run that
+    finishes before its signal is started again from scratch, so every signal lands)."""
     sent, resumed = 0, 0
     while True:
         ckpt = Path(str(out) + ".ckpt")
         proc = distill(method, out, resume=ckpt.is_file())
         resumed += ckpt.is_file()
         if sent < kills:
-            time.sleep(rng.uniform(0.3, 1.0) * ref_seconds)
+            time.sleep(rng.uniform(0.2, 0.8) * ref_seconds)
             if proc.poll() is None:
                 proc.send_signal(sig)
                 sent += 1
         _, err = proc.communicate()
         if proc.returncode == 0 and out.is_file():
-            return {"signals_sent": sent, "resumes": resumed}
+            if sent == kills:
+                return {"signals_sent": sent, "resumes": resumed}
+            out.unlink()  # it finished before the signal: once more, from the start
+            continue
         if proc.returncode not in (130, -signal.SIGKILL, -signal.SIGTERM, 1):  # SIGTERM before the run started
             raise SystemExit(f"{method}: unexpected exit {proc.returncode}: {err[-1500:]}")
         if proc.returncode == 1 and "Another condense process" not in err and "--resume" not in err:

@@ -223,7 +223,7 @@ class Artifacts:
             try:
                 with h5py.File(path, "r") as f:
                     return torch.from_numpy(np.asarray(f["params"], dtype=np.float32))
-            except (OSError, KeyError) as e:
+            except (OSError, RuntimeError, KeyError, ValueError) as e:
                 raise CondenseError(f"The cached expert {path} is damaged ({e}). Delete it; it will be rebuilt.") \
                     from None
         desc = self.describe(real, arch, recipe, index, kind="expert")

@@ -279,7 +279,7 @@ class SyntheticSet(Dataset):
             raise CondenseError(f"{p}: not a regular file (a folder, a pipe or a device). Pass a synth.h5 file.")
         try:
             f = h5py.File(p, "r")
-        except OSError as e:
+        except (OSError, RuntimeError) as e:
             raise CondenseError(f"{p}: not a readable HDF5 file ({_short(e)}). It may be truncated or not a "
                                 f"condense synthetic set; re-create it with `condense distill`.") from None
         try:
@@ -287,7 +287,7 @@ class SyntheticSet(Dataset):
                 return cls._read(f, p, soft)
         except CondenseError:
             raise
-        except (OSError, KeyError, ValueError, TypeError, OverflowError, json.JSONDecodeError) as e:
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError, OverflowError, json.JSONDecodeError) as e:
             raise CondenseError(f"{p}: the file is damaged or truncated ({_short(e)}). Re-create it with "
                                 f"`condense distill`.") from None
 

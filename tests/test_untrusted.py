@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import condense
@@ -144,8 +144,10 @@ MUTATIONS = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mutation=MUTATIONS)
+@example(mutation=("bytes", 687, b"\x00\x00"))  # h5py raised RuntimeError (bad heap free list) here
 def test_a_mutated_file_loads_cleanly_or_is_refused_cleanly(tmp_path, mutation):
     path = tmp_path / "fuzz.h5"
     shutil.copy(good_file(tmp_path / "good.h5"), path)
