@@ -69,7 +69,7 @@ def _real(dataset: str, data_root, device: str, zca: bool = False, download: boo
 
 @app.command()
 def distill(
-    algo: str = typer.Option(..., "--algo", help="Method: random, herding, kcenter, dm, datadam, mtt, ncfm."),
+    algo: str = typer.Option(..., "--algo", help="Method: random, herding, kcenter, dm, datadam, mtt, ncfm, infer."),
     ipc: int = typer.Option(10, "--ipc", help="Synthetic images per class."),
     dataset: str = Dataset,
     out: Path = typer.Option(Path("synth.h5"), "--out", "-o", help="Output file (written atomically)."),
@@ -99,10 +99,9 @@ def _distill_one(algo: str, ipc: int, real, out: Path, preset: Optional[str], ov
     from algorithms.base import build
     from condense.artifacts import Artifacts
     from condense.run import RunSpec, run_distill
-
-    method = build(algo, real, ipc, preset, overrides, iters, seed, Artifacts(cache, reporter, real.device, compile=True))
     from evaluators.retrain import quick_evaluation
 
+    method = build(algo, real, ipc, preset, overrides, iters, seed, Artifacts(cache, reporter, real.device, compile=True))
     evaluate = quick_evaluation(real, seed) if eval_every else None
     spec = RunSpec(method.name, real.info.name, ipc, out, seed, preset, iters, overrides, ckpt_every, resume,
                    eval_every, real.pre.pixel_space == "zca")
@@ -243,12 +242,7 @@ def teachers(
     spec = committee_spec(real.info.name, committee) if committee else adhoc_spec(
         [a.strip() for a in arch.split(",") if a.strip()], teacher_recipe(epochs, lr, augment), num,
         500 if select == "val" else 0)
-    rows = [(r["arch"], r["seed"], spec.recipe.epochs, f"{100 * r['test_accuracy']:.2f}",
-             "-" if r["val_accuracy"] is None else f"{100 * r['val_accuracy']:.2f}", r["seconds"])
-            for r in load_committee(store, real, spec).records]
-    title = (f"{real.info.name}: committee {spec.name} ({spec.description})" if spec.name else
-             f"{real.info.name}: SGD {spec.recipe.lr}, {spec.recipe.epochs} epochs, augment {spec.recipe.augment}")
-    _table(title, rows, ("arch", "seed", "epochs", "test acc (%)", "val acc (%)", "train time (s)"))
+    _table(*load_committee(store, real, spec).table(real.info.name))
 
 
 @app.command()
@@ -266,9 +260,8 @@ def experts(
 
     if num < 1 or epochs < 1:
         raise CondenseError("--num and --epochs must be at least 1.")
-    real = _real(dataset, data_root, device, zca)
+    real, t0 = _real(dataset, data_root, device, zca), time.time()
     store = Artifacts(cache, _reporter(quiet), real.device, compile=True)
-    t0 = time.time()
     folder, size = store.experts(real, arch, expert_recipe(recipe, epochs), num)
     _console().print(f"{num} {recipe} experts of {arch} on {real.info.name} ({epochs} epochs each) in {folder} "
                      f"({size / 2**20:.1f} MB; {time.time() - t0:.0f}s this run)")
@@ -312,12 +305,9 @@ def export(
     out_dir: Path = typer.Argument(..., help="Output folder (replaced atomically)."),
 ) -> None:
     """Export a synthetic set to the field's other formats."""
-    from condense.synthetic import export_imagefolder, export_pt, load
+    from condense.synthetic import export, load
 
-    writers = {"pt": export_pt, "imagefolder": export_imagefolder}
-    if to not in writers:
-        raise CondenseError(f"--to '{to}' is not an export format; use pt or imagefolder.")
-    writers[to](load(file), out_dir)
+    export(load(file), to, out_dir)
     _console().print(f"wrote {out_dir}")
 
 

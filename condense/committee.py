@@ -102,6 +102,16 @@ class Committee:
         return {"committee": self.spec.name, "recipe": {"epochs": self.spec.recipe.epochs, "lr": self.spec.recipe.lr},
                 "val_per_class": self.spec.val_per_class, "members": self.records}
 
+    def table(self, dataset: str) -> tuple[str, list[tuple], tuple[str, ...]]:
+        """What `condense teachers` prints: a title, one row per member, the column names."""
+        r = self.spec.recipe
+        title = (f"{dataset}: committee {self.spec.name} ({self.spec.description})" if self.spec.name else
+                 f"{dataset}: SGD {r.lr}, {r.epochs} epochs, augment {r.augment}")
+        rows = [(m["arch"], m["seed"], r.epochs, f"{100 * m['test_accuracy']:.2f}",
+                 "-" if m["val_accuracy"] is None else f"{100 * m['val_accuracy']:.2f}", m["seconds"])
+                for m in self.records]
+        return title, rows, ("arch", "seed", "epochs", "test acc (%)", "val acc (%)", "train time (s)")
+
 
 def training_split(real: RealData, val_per_class: int) -> tuple[RealData, tuple[torch.Tensor, torch.Tensor] | None]:
     """The data committee members train on, and the held-out validation images (None when 0)."""

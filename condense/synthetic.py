@@ -471,6 +471,14 @@ def export_imagefolder(s: SyntheticSet, out_dir: str | os.PathLike) -> Path:
     return out
 
 
+def export(s: SyntheticSet, to: str, out_dir: str | os.PathLike) -> Path:
+    """`condense export`: write the set in one of the field's other formats (pt, imagefolder)."""
+    writers = {"pt": export_pt, "imagefolder": export_imagefolder}
+    if to not in writers:
+        raise CondenseError(f"--to '{to}' is not an export format; use pt or imagefolder.")
+    return writers[to](s, out_dir)
+
+
 def save_grid(s: SyntheticSet, path: str | os.PathLike, per_class: int = 10, upscale: int = 2) -> Path:
     """A PNG with one row per class (at most `per_class` images each), in pixel space."""
     if not 1 <= per_class <= 1000 or not 1 <= upscale <= 32:
