@@ -29,6 +29,8 @@ def test_distill_info_show_export_eval(monkeypatch, capsys, data_root, tmp_path)
     assert code == 0 and (tmp_path / "g.png").stat().st_size > 0
     code, _, _ = cli(monkeypatch, capsys, "export", out, "--to", "pt", tmp_path / "pt")
     assert code == 0 and (tmp_path / "pt" / "images_best.pt").exists()
+    code, _, err = cli(monkeypatch, capsys, "export", out, "--to", "npz", tmp_path / "npz")
+    assert code == 1 and "not an export format" in err and not (tmp_path / "npz").exists()
     code, text, err = cli(monkeypatch, capsys, "eval", out, "--runs", "2", "--epochs", "2", "--baseline", "random",
                           "--data-root", data_root, "--json", tmp_path / "e.json", "--quiet")
     assert code == 0, err
