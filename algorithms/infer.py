@@ -15,7 +15,9 @@ Labels are static: the committee's mean logits on each instance (un-augmented), 
 
 As coded officially (zhangxin-xd/UFC, ufc_cifar.py): u starts at 0; Adam (betas 0.5, 0.9) at lr 0.25
 with cosine decay over 1000 steps; CE + BN-statistic matching with r_bn 1 and the first layer x10; a
-random shift of up to 4 px; the second BatchNorm of EfficientNet is not hooked; u is not clipped
+random shift of 0 to 4 px along each axis; every BatchNorm layer that runs is hooked (the official
+code drops one EfficientNet layer only because its own EfficientNet never runs it; torchvision's
+does); the K base images of a class are distinct; u is not clipped
 during optimization, only the final B_k + u is clamped to the valid pixel range. Each driver step is
 one Adam step of one compensator, so progress, checkpoints and resume work mid-compensator.
 """
@@ -33,8 +35,6 @@ from condense.committee import committee_spec, load_committee
 from condense.errors import CondenseError
 from condense.recover import BNStatistics, Recover, RecoverConfig, inversion_loss
 from condense.synthetic import SyntheticSet
-
-SKIP_BN = {"efficientnet_b0": (1,)}  # BatchNorm layers the official code leaves unhooked, by architecture
 
 
 @dataclass
@@ -95,14 +95,14 @@ class INFER(Algorithm[INFERConfig]):
         committee = load_committee(self.ctx.artifacts, self.real, self.spec)
         self.committee = committee
         self.teachers = [net.to(self.ctx.device).eval() for net in committee.nets]
-        self.stats = [BNStatistics(net, SKIP_BN.get(arch, ())) for net, (arch, _) in zip(self.teachers, self.spec.members)]
+        self.stats = [BNStatistics(net) for net in self.teachers]
         if any(not s.layers for s in self.stats):
             bad = [a for s, (a, _) in zip(self.stats, self.spec.members) if not s.layers]
             raise CondenseError(f"INFER inverts BatchNorm statistics, but {', '.join(bad)} has no BatchNorm layer. "
                                 f"Use a committee of BatchNorm networks.")
         g = self.ctx.device_generator
-        per_set = [torch.cat([self.real.images_of(cls, 1, g) for cls in range(c)]) for _ in range(self.k)]
-        self.base = torch.stack(per_set).to(self.ctx.device)  # [K, C, ch, H, W], model-input space
+        # K distinct real images of every class, one per base set: [K, C, ch, H, W], model-input space
+        self.base = torch.stack([self.real.images_of(cls, self.k, g) for cls in range(c)], 1).to(self.ctx.device)
         self.ufcs = torch.zeros(self.k, len(self.teachers), info.channels, info.size, info.size, device=self.ctx.device)
         self.targets = torch.arange(c, device=self.ctx.device)
         self.current: Recover | None = None

@@ -41,9 +41,8 @@ class BNStatistics:
     """Forward hooks on every BatchNorm layer of `net`: each call records the gap between the batch
     statistics of the layer's input and the layer's running statistics."""
 
-    def __init__(self, net: nn.Module, skip: tuple[int, ...] = ()) -> None:
-        layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        self.layers = [m for i, m in enumerate(layers) if i not in skip]
+    def __init__(self, net: nn.Module) -> None:
+        self.layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.gaps: list[Tensor | None] = [None] * len(self.layers)
         self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.layers)]
 
@@ -67,10 +66,11 @@ class BNStatistics:
 
 
 def shift_and_flip(x: Tensor, jitter: int, flip: bool, generator: torch.Generator) -> Tensor:
-    """The recover loop's augmentation: one random roll of the batch by up to `jitter` pixels each way
-    (and a horizontal flip with probability 1/2 when `flip`), drawn from the host generator."""
+    """The recover loop's augmentation: one random roll of the batch by 0 to `jitter` pixels along each
+    axis (the official code's `randint(0, jitter)`; torch.roll wraps around), and a horizontal flip
+    with probability 1/2 when `flip`, drawn from the host generator."""
     if jitter > 0:
-        dx, dy = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=generator))
+        dx, dy = (int(v) for v in torch.randint(0, jitter + 1, (2,), generator=generator))
         x = torch.roll(x, shifts=(dx, dy), dims=(2, 3))
     if flip and float(torch.rand(1, generator=generator)) < 0.5:
         x = x.flip(3)

@@ -110,6 +110,26 @@ def test_ipc_1_is_refused_with_the_smallest_ipc_that_works(real, tmp_path, tiny_
         make(real, tmp_path, iters=5)
 
 
+def test_base_sets_hold_distinct_real_images_of_each_class(real, tmp_path, tiny_committee):
+    a = make(real, tmp_path, ipc=4)
+    a.init()
+    assert a.k == 3 and a.base.shape[:2] == (3, 10)
+    for c in range(10):
+        assert len({tuple(img.flatten().tolist()) for img in a.base[:, c]}) == 3
+
+
+def test_the_recover_shift_is_zero_to_jitter_pixels_along_each_axis_as_the_official_code():
+    from condense.recover import shift_and_flip
+    from condense.runtime import make_generator
+
+    x, g, seen = torch.arange(64.0).view(1, 1, 8, 8), make_generator(0), set()
+    for _ in range(300):
+        y = shift_and_flip(x, 2, False, g)
+        seen |= {(dx, dy) for dx in range(-3, 4) for dy in range(-3, 4)
+                 if torch.equal(torch.roll(x, (dx, dy), (2, 3)), y)}
+    assert seen == {(dx, dy) for dx in range(3) for dy in range(3)}
+
+
 def test_infer_stores_bases_compensators_instances_and_static_labels(real, tmp_path, tiny_committee):
     a = make(real, tmp_path)
     assert (a.k, a.cfg.iters) == (1, 6)  # K = int(2 / (2/10 + 1)) = 1; 1 base set x 2 teachers x 3 steps
