@@ -125,7 +125,7 @@ SUITES = {
         "committee": printed("cost", "teachers", "--dataset", "fashion-mnist", "--committee", "cpu"),
         "ipc10": bench("infer", 10, "--protocol", "kd-static", "--runs", "5"),
         "ipc10-base-only": evaluate([INFER[10]], "--no-decode", "--runs", "5"),
-        "ipc10-dsa": evaluate([INFER[10]], "--protocol", "dsa", "--runs", "3"),
+        "ipc10-dsa": evaluate([INFER[10]], "--protocol", "dsa", "--runs", "2"),
         # IPC 50: one evaluation run each (a kd-static run of 500 images is about 6 min on 2 cores)
         "ipc50": bench("infer", 50, "--protocol", "kd-static", "--runs", "1"),
         "ipc50-base-only": evaluate([INFER[50]], "--no-decode", "--runs", "1"),

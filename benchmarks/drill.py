@@ -5,7 +5,8 @@ final file is compared with an uninterrupted run of the same command: the images
     python benchmarks/drill.py [--kills 3] [--seed 0] [--out benchmarks/results/studies/drill.jsonl]
 
 Real Fashion-MNIST, the `condense` executable, a checkpoint every iteration, small settings (a run
-takes seconds). Needs what the methods need cached or builds it first: NCFM's one-network pool,
+takes seconds). Needs what the methods need cached or builds it first: herding's and k-center's
+embedding network (1 epoch), NCFM's one-network pool,
 two MTT experts of 2 epochs, INFER's `cpu` committee (`condense teachers --committee cpu`, about
 35 minutes the first time). One JSON line per method and signal.
 """
@@ -25,6 +26,8 @@ import torch
 
 METHODS = {
     "random": ["--ipc", "2"],
+    "herding": ["--ipc", "2", "--set", "embed_epochs=1"],
+    "kcenter": ["--ipc", "2", "--set", "embed_epochs=1"],
     "dm": ["--ipc", "1", "--iters", "20", "--set", "batch_real=32"],
     "datadam": ["--ipc", "1", "--iters", "20", "--set", "batch_real=16"],
     "ncfm": ["--ipc", "1", "--iters", "8", "--preset", "quick", "--set", "num_freqs=64", "--set", "batch_real=64"],
@@ -78,11 +81,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods.split(","):
             ref = Path(tmp) / f"{method}-ref.h5"
-            t0 = time.time()
-            proc = distill(method, ref, resume=False)
-            _, err = proc.communicate()
-            if proc.returncode:
-                raise SystemExit(f"{method}: the uninterrupted run failed: {err[-1500:]}")
+            for attempt in range(2):  # the first run may build what the method needs (a pool, experts): time the second
+                t0 = time.time()
+                ref.unlink(missing_ok=True)
+                proc = distill(method, ref, resume=False)
+                _, err = proc.communicate()
+                if proc.returncode:
+                    raise SystemExit(f"{method}: the uninterrupted run failed: {err[-1500:]}")
             seconds = time.time() - t0
             reference = condense.load(ref).images
             for name, sig in (("SIGKILL", signal.SIGKILL), ("SIGTERM", signal.SIGTERM)):
