@@ -176,8 +176,9 @@ def machine() -> dict:
             "torch": torch, "python": platform.python_version(), "commit": commit}
 
 
-def run(suite: str, config: str, argv: list[str], stdout: Path | None) -> None:
-    """Run one command; append its cost to results/cost/SUITE-CONFIG.jsonl; stop the suite on failure."""
+def run(suite: str, config: str, argv: list[str], stdout: Path | None, sets_dir: Path) -> None:
+    """Run one command; append its cost to results/cost/SUITE-CONFIG.jsonl; stop the suite on failure.
+    The results name set files as $SETS_DIR/..., not by this machine's path."""
     out = open(stdout, "w") if stdout else None
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=out)
@@ -193,6 +194,8 @@ def run(suite: str, config: str, argv: list[str], stdout: Path | None) -> None:
         f.write(json.dumps(row) + "\n")
     if rc != 0:
         sys.exit(f"{suite} {config}: `{shlex.join(argv)}` exited with {rc}; nothing after it was run.")
+    for p in [*(RESULTS / "accuracy").glob(f"{suite}-{config}.*"), RESULTS / "cost" / f"{suite}-{config}.jsonl"]:
+        p.write_text(p.read_text().replace(str(sets_dir), "$SETS_DIR"))
 
 
 def main() -> None:
@@ -227,7 +230,7 @@ def main() -> None:
                                             f"{s.made_by}`)" for s in missing))
         for folder in (RESULTS / "accuracy", RESULTS / "cost", args.sets_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        run(args.suite, config, argv, stdout)
+        run(args.suite, config, argv, stdout, args.sets_dir)
 
 
 if __name__ == "__main__":
