@@ -154,7 +154,7 @@ class INFER(Algorithm[INFERConfig]):
         is_base = torch.arange(len(x), device=x.device) // c % (m + 1) == 0
         compact = {"images": self.base.flatten(0, 1), "labels": self.targets.repeat(self.k),
                    "compensators": self.ufcs.flatten(0, 1), "soft_labels": soft[is_base]}
-        s = self.make_set(x, labels, soft_labels=soft, compact={k: v.detach().cpu() for k, v in compact.items()},
+        s = self.make_set(x, labels, soft_labels=soft.detach().cpu(), compact={k: v.detach().cpu() for k, v in compact.items()},
                           soft_attrs={"kind": "logits", "source": f"mean logits of committee {self.spec.name}"},
                           compact_attrs={"decode": "infer", "base_sets": self.k, "teachers": m})
         s.meta.teacher = json.dumps({"committee": self.spec.name})

@@ -243,6 +243,8 @@ class Artifacts:
 
     def experts(self, real: RealData, arch: str, recipe: TrainConfig, num: int) -> tuple[Path, int]:
         """Experts 0..num-1 (built where missing): their folder and its size in bytes."""
+        if num < 1 or recipe.epochs < 1:
+            raise CondenseError(f"Experts need --num and --epochs of at least 1 (got {num} and {recipe.epochs}).")
         for i in range(num):
             self.expert(real, arch, recipe, i)
         folder = self.expert_path(real, arch, recipe, 0).parent

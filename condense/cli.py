@@ -133,6 +133,8 @@ def eval_(
     teacher_num: Optional[int] = typer.Option(None, "--teacher-num", help="Teachers per architecture (default 1)."),
     committee: Optional[str] = typer.Option(None, "--committee", help="Soft-label protocols: a named teacher "
                                             "committee (assets/committees) as the teachers."),
+    kd_loss: Optional[str] = typer.Option(None, "--kd-loss", help="Soft-label protocols: the distillation loss "
+                                          "instead of the protocol's (kl, sce, mse_gt, dist, dkd; condense/kd.py)."),
     fresh: bool = typer.Option(False, "--fresh", help="Retrain runs the run cache has (else an interrupted eval "
                                "continues where it stopped)."),
     stack: Optional[bool] = typer.Option(None, "--stack/--no-stack", help="Train a ConvNet's runs as one grouped "
@@ -155,7 +157,7 @@ def eval_(
 
     req = EvalRequest(files, protocol, epochs, arch, runs, baseline, dataset, no_decode, compile, teacher,
                       teacher_epochs, teacher_num, committee, fresh, stack, select, select_every, lr_grid, val_size, plot, ars,
-                      full_acc, seed, device, data_root)
+                      full_acc, seed, device, data_root, kd_loss)
     report = evaluate_files(req, _reporter(quiet))
     report.print(Console())
     for path, write in ((json_out, report.save_json), (markdown, report.save_markdown), (plot, report.plot)):
@@ -258,8 +260,6 @@ def experts(
     """Train (or load from the cache) expert trajectories for trajectory matching."""
     from condense.artifacts import Artifacts, expert_recipe
 
-    if num < 1 or epochs < 1:
-        raise CondenseError("--num and --epochs must be at least 1.")
     real, t0 = _real(dataset, data_root, device, zca), time.time()
     store = Artifacts(cache, _reporter(quiet), real.device, compile=True)
     folder, size = store.experts(real, arch, expert_recipe(recipe, epochs), num)

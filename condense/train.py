@@ -19,6 +19,7 @@ from condense.augment import DSA, make_dsa
 from condense.data import RealData
 from condense.errors import CondenseError
 from condense.execution import compile_fn
+from condense.kd import LOSSES
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,18 @@ class TrainConfig:
     gamma: float = 0.1  # DSA: x0.1
     augment: str = "color_crop_cutout_flip_scale_rotate"  # DSA strategy, or "none"
     augment_mode: str = "single"  # single (DSA: one family per batch) | idc (IDC/NCFM DiffAug) | all
-    loss: str = "ce"  # ce (hard labels) | kl (soft targets)
+    loss: str = "ce"  # ce (hard labels) | a distillation loss for soft targets: kl, sce, mse_gt, dist, dkd (condense.kd)
     soft_kind: str = "logits"  # soft targets are logits (softmax at the temperature) or probs
     temperature: float = 1.0  # KL temperature for soft targets
     cutmix: float = 0.0  # probability of CutMix per batch (NCFM protocol); 0 = off
     mixup: float = 0.0  # MixUp on every batch with lambda ~ Beta(a, a) when a > 0 (INFER's static protocol: 0.8);
     #                     stored soft logits are interpolated with the same lambda
     kl_t2: bool = True  # multiply the KL loss by T^2 (Hinton); the SRe2L/INFER code does not
+    gt_weight: float = 0.1  # mse_gt: weight of the cross-entropy to the ground truth next to the logit MSE
+    dist_beta: float = 1.0  # dist: weight of the inter-class (per image) relation term (DIST's ImageNet value)
+    dist_gamma: float = 1.0  # dist: weight of the intra-class (per class, over the batch) relation term
+    dkd_alpha: float = 1.0  # dkd: weight of the target-vs-rest KL (TCKD; DKD's value)
+    dkd_beta: float = 8.0  # dkd: weight of the KL among the non-target classes (NCKD; DKD's CIFAR value)
     dc_step: bool = False  # the DC/DSA code's exact step schedule: epochs + 1 epochs, the decay after
     #                        epoch int(m * epochs) + 1, and the SGD optimizer re-created (momentum reset) there
     clip_epochs: int = 0  # AST's clipping loss: the loss of epoch e < clip_epochs is scaled by 0.5 + 0.05 e
@@ -58,15 +64,18 @@ class TrainConfig:
 
 @dataclass
 class TrainData:
-    """n examples and a way to fetch a batch of them by index: `(inputs, targets)`."""
+    """n examples and a way to fetch a batch of them by index: `(inputs, targets)`; with soft targets,
+    `classes` gives the ground-truth classes too (the distillation losses with a ground-truth term)."""
 
     n: int
     fetch: Callable[[Tensor], tuple[Tensor, Tensor]]
     size: int  # image side, for augmentation ranges
+    classes: Callable[[Tensor], Tensor] | None = None
 
     @staticmethod
-    def tensors(images: Tensor, targets: Tensor) -> "TrainData":
-        return TrainData(int(images.shape[0]), lambda i: (images[i], targets[i]), int(images.shape[-1]))
+    def tensors(images: Tensor, targets: Tensor, classes: Tensor | None = None) -> "TrainData":
+        return TrainData(int(images.shape[0]), lambda i: (images[i], targets[i]), int(images.shape[-1]),
+                         None if classes is None else (lambda i: classes[i]))
 
     @staticmethod
     def real(real: RealData) -> "TrainData":
@@ -102,7 +111,7 @@ def lr_at(cfg: TrainConfig, base_lr: float, epoch: int) -> float:
 
 
 def cutmix(x: Tensor, y: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor, float]:
-    """CutMix with lambda ~ Beta(1, 1): returns mixed x, y, the partner labels and lambda."""
+    """CutMix with lambda ~ Beta(1, 1): returns mixed x, y, the partner labels, lambda and the partners."""
     b, _, h, w = x.shape
     lam = float(torch.rand(1, generator=g))
     perm = torch.randperm(b, generator=g).to(x.device, non_blocking=True)
@@ -113,14 +122,14 @@ def cutmix(x: Tensor, y: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor, Te
     x = x.clone()
     x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
     lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
-    return x, y, y[perm], lam
+    return x, y, y[perm], lam, perm
 
 
 def mixup(x: Tensor, y: Tensor, g: torch.Generator, alpha: float) -> tuple[Tensor, Tensor, Tensor, float]:
-    """MixUp with lambda ~ Beta(alpha, alpha): returns mixed x, y, the partner labels and lambda."""
+    """MixUp with lambda ~ Beta(alpha, alpha): returns mixed x, y, the partner labels, lambda and the partners."""
     lam = _beta(alpha, g)
     perm = torch.randperm(x.shape[0], generator=g).to(x.device, non_blocking=True)
-    return lam * x + (1 - lam) * x[perm], y, y[perm], lam
+    return lam * x + (1 - lam) * x[perm], y, y[perm], lam, perm
 
 
 def _beta(alpha: float, g: torch.Generator) -> float:
@@ -138,15 +147,15 @@ def input_gradient_penalty(forward: Callable[[Tensor], Tensor], x: Tensor) -> Te
     return (g.norm(dim=2) - 1).square().mean() * x.shape[0]
 
 
-def loss_fn(cfg: TrainConfig, logits: Tensor, target: Tensor) -> Tensor:
+def loss_fn(cfg: TrainConfig, logits: Tensor, target: Tensor, gt: list[tuple[float, Tensor]] | None = None) -> Tensor:
+    """The protocol's loss (`condense.kd`). gt: the ground-truth classes as weighted parts, for the
+    losses that use them (mse_gt, dkd); `target` is the class indices for ce, soft targets otherwise."""
     if cfg.loss == "ce":
         return F.cross_entropy(logits, target)
-    if cfg.loss == "kl":
-        t = cfg.temperature
-        p = target if cfg.soft_kind == "probs" else F.softmax(target / t, 1)
-        kl = F.kl_div(F.log_softmax(logits / t, 1), p, reduction="batchmean")
-        return kl * t * t if cfg.kl_t2 else kl
-    raise CondenseError(f"Unknown loss '{cfg.loss}'. Use ce or kl.")
+    if gt is None and (cfg.loss == "dkd" or (cfg.loss == "mse_gt" and cfg.gt_weight)):
+        raise CondenseError(f"The {cfg.loss} loss needs the images' ground-truth classes, and this training data "
+                            f"has soft targets only.")
+    return LOSSES.get(cfg.loss)(cfg, logits, target, gt or ())
 
 
 def train_model(model: nn.Module, data: TrainData, cfg: TrainConfig, generator: torch.Generator,
@@ -213,20 +222,25 @@ def _train(model: nn.Module, forward: Callable[[Tensor], Tensor], datas: list[Tr
         orders = [torch.randperm(n, generator=g).to(device, non_blocking=True) for g in generators]
         for s in range(0, n, cfg.batch):
             xs, cleans, targets = [], [], []  # per run: inputs, un-augmented inputs, [(weight, labels)]
+            gts: list[list[tuple[float, Tensor]] | None] = []  # per run: ground-truth classes, [(weight, classes)]
             for data, g, order in zip(datas, generators, orders):
-                x, y = data.fetch(order[s:s + cfg.batch])
+                idx = order[s:s + cfg.batch]
+                x, y = data.fetch(idx)
+                c = y if not y.is_floating_point() else (data.classes(idx) if data.classes is not None else None)
                 cleans.append(x)
                 if aug is not None:
                     x = aug.apply_random(x, g)
                 if cfg.cutmix > 0 and float(torch.rand(1, generator=g)) < cfg.cutmix:
-                    x, ya, yb, lam = cutmix(x, y, g)
+                    x, ya, yb, lam, perm = cutmix(x, y, g)
                     targets.append([(lam, ya), (1 - lam, yb)])
                 elif cfg.mixup > 0:
-                    x, ya, yb, lam = mixup(x, y, g, cfg.mixup)
-                    soft_logits = ya.is_floating_point() and cfg.loss == "kl" and cfg.soft_kind == "logits"
+                    x, ya, yb, lam, perm = mixup(x, y, g, cfg.mixup)
+                    soft_logits = ya.is_floating_point() and cfg.loss != "ce" and cfg.soft_kind == "logits"
                     targets.append([(1.0, lam * ya + (1 - lam) * yb)] if soft_logits else [(lam, ya), (1 - lam, yb)])
                 else:
+                    lam, perm = 1.0, None
                     targets.append([(1.0, y)])
+                gts.append(None if c is None else [(1.0, c)] if perm is None else [(lam, c), (1 - lam, c[perm])])
                 xs.append(x)
             batch = torch.stack(xs)
             if teacher is not None:  # mode M: the teachers label exactly the batch the student sees
@@ -237,8 +251,9 @@ def _train(model: nn.Module, forward: Callable[[Tensor], Tensor], datas: list[Tr
             loss = None
             for r, parts in enumerate(targets):
                 run_loss = None
-                for w, y in parts:
-                    term = loss_fn(cfg, out[r], y) if len(parts) == 1 else w * loss_fn(cfg, out[r], y)
+                for i, (w, y) in enumerate(parts):
+                    gt = gts[r] if len(parts) == 1 or gts[r] is None else [(1.0, gts[r][i][1])]
+                    term = loss_fn(cfg, out[r], y, gt) if len(parts) == 1 else w * loss_fn(cfg, out[r], y, gt)
                     run_loss = term if run_loss is None else run_loss + term
                 loss = run_loss if loss is None else loss + run_loss
             if epoch < cfg.clip_epochs:

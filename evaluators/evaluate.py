@@ -54,15 +54,16 @@ class EvalRequest:
     seed: int = 0
     device: str = "auto"
     data_root: Optional[Path] = None
+    kd_loss: Optional[str] = None  # None: the protocol's loss
 
 
 def make_settings(protocol: str, epochs: Optional[int], arch: Optional[str], runs: Optional[int], seed: int,
                   compile: bool, select: str = "final", select_every: int = 0,
-                  lr_grid: Optional[str] = None) -> EvalSettings:
+                  lr_grid: Optional[str] = None, kd_loss: Optional[str] = None) -> EvalSettings:
     """Evaluation settings from the command line's words, every value checked."""
     if epochs is not None and epochs < 1:
         raise CondenseError(f"--epochs must be positive (got {epochs}).")
-    proto = get_protocol(protocol).with_epochs(epochs)
+    proto = get_protocol(protocol).with_epochs(epochs).with_loss(kd_loss)
     archs = [a.strip() for a in (arch or proto.arch).split(",") if a.strip()]
     for a in archs:
         MODELS.get(a)
@@ -203,7 +204,7 @@ def evaluate_files(req: EvalRequest, reporter: Reporter) -> Report:
         raise CondenseError(f"The files are meant for different protocols ({', '.join(sorted(protocols))}); choose "
                             f"one with --protocol, or evaluate them separately.")
     settings = make_settings(req.protocol or protocols.pop(), req.epochs, req.arch, req.runs, req.seed, req.compile,
-                             req.select, req.select_every, req.lr_grid)
+                             req.select, req.select_every, req.lr_grid, req.kd_loss)
     settings.cache = run_cache(read=not req.fresh)
     if req.full_acc is not None and settings.protocol.labels != "hard":
         raise CondenseError(f"--full-acc adds HLR, which compares hard-label accuracies, but protocol "

@@ -11,6 +11,7 @@ import tomllib
 from dataclasses import asdict, dataclass, replace
 
 from condense.errors import CondenseError
+from condense.kd import LOSSES
 from condense.registry import Registry
 from condense.run import assets_dir
 from condense.train import TrainConfig
@@ -39,6 +40,17 @@ class Protocol:
         return replace(self, name=f"{self.name}@{epochs}ep", description=f"{self.description}. {note}",
                        train=self.train.with_(epochs=epochs))
 
+    def with_loss(self, loss: str | None) -> "Protocol":
+        """The same soft-label protocol with another distillation loss (`condense.kd`), named in the result."""
+        if loss is None or loss == self.train.loss:
+            return self
+        if self.labels == "hard" or loss == "ce":
+            raise CondenseError(f"--kd-loss chooses the distillation loss of a soft-label protocol (kd-static, "
+                                f"kd-sre2l); protocol {self.name} trains on hard labels with cross-entropy.")
+        LOSSES.get(loss)
+        return replace(self, name=f"{self.name}+{loss}", description=f"{self.description}. MODIFIED: loss {loss} "
+                       f"instead of {self.train.loss}", train=self.train.with_(loss=loss))
+
     def without_augmentation(self) -> "Protocol":
         """The same protocol with no augmentation, CutMix or MixUp (the second arm of DD-Ranking's ARS)."""
         return replace(self, name=f"{self.name}-noaug", description=f"{self.description}. MODIFIED: no augmentation",
@@ -61,9 +73,10 @@ def _load_all() -> None:
             proto = Protocol(raw["name"], raw.get("description", ""), TrainConfig(**train), raw.get("runs", 5),
                              raw.get("arch", "convnet"), raw.get("use_learned_lr", True), digest,
                              raw.get("labels", "hard"))
-            if proto.labels not in LABEL_MODES or (proto.labels != "hard") != (proto.train.loss == "kl"):
+            if proto.labels not in LABEL_MODES or (proto.labels != "hard") != (proto.train.loss != "ce"):
                 raise TypeError(f"labels = '{proto.labels}' with loss '{proto.train.loss}'")
-        except (KeyError, TypeError) as e:
+            LOSSES.get(proto.train.loss)
+        except (KeyError, TypeError, CondenseError) as e:
             raise CondenseError(f"Protocol file {path} is malformed ({e}).") from None
         PROTOCOLS.register(proto.name)(proto)
 

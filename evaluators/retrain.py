@@ -112,9 +112,9 @@ def check_compatible(synth: SyntheticSet, real: RealData, where: str) -> None:
                             f"{real.info.num_classes}; the set does not belong to this dataset.")
 
 
-def train_and_test(data: list[tuple[torch.Tensor, torch.Tensor]], real: RealData, settings: EvalSettings, arch: str,
+def train_and_test(data: list[tuple[torch.Tensor, ...]], real: RealData, settings: EvalSettings, arch: str,
                    lr: float, tag: str, runs: list[int]) -> list[tuple[float, float, float | None, float | None]]:
-    """Runs `runs` (run r trains a fresh `arch` on data[i] = (images, targets)), together as one
+    """Runs `runs` (run r trains a fresh `arch` on data[i] = (images, targets, classes)), together as one
     `ConvNetStack` when `settings.stack` allows it, otherwise one after the other.
     Returns per run (reported accuracy, final-epoch accuracy, best test checkpoint or None, best
     validation accuracy or None): with checkpoints the legacy and honest numbers come from the same
@@ -133,7 +133,7 @@ def train_and_test(data: list[tuple[torch.Tensor, torch.Tensor]], real: RealData
                 for res in train_and_test(data[i:i + 1], real, settings, arch, lr, tag, [r])]
     nets += [make(r) for r in runs[1:]]
     gens = [make_generator(derive_seed(settings.seed, tag, arch, r, "data")) for r in runs]
-    datas = [TrainData.tensors(x.to(device), y.to(device)) for x, y in data]
+    datas = [TrainData.tensors(x.to(device), y.to(device), c.to(device)) for x, y, c in data]
     model: torch.nn.Module = ConvNetStack(nets) if together else nets[0]
 
     def test_accs(m: torch.nn.Module, batches) -> list[float]:
@@ -306,7 +306,7 @@ def evaluate_set(synth: SyntheticSet, real: RealData, settings: EvalSettings, re
     out = []
     for arch in settings.archs:
         out.append(_evaluate_arch(settings, arch, lr, f"eval {label} {arch}", reporter, lambda runs, lr_: train_and_test(
-            [(synth.images, targets)] * len(runs), real, settings, arch, lr_, "eval", runs),
+            [(synth.images, targets, synth.labels)] * len(runs), real, settings, arch, lr_, "eval", runs),
             data, "eval"))
     return out
 
@@ -334,10 +334,11 @@ def _pre_digest(real: RealData) -> str:
             f"std {pre.std} zca {zca}")
 
 
-def _subset(real: RealData, ipc: int, settings: EvalSettings, run: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run `run`'s random subset, labelled as the protocol labels a set (static: teacher logits)."""
+def _subset(real: RealData, ipc: int, settings: EvalSettings, run: int) -> tuple[torch.Tensor, ...]:
+    """Run `run`'s random subset: images, targets as the protocol labels a set (static: teacher
+    logits), classes."""
     x, y = real.random_subset(ipc, make_generator(derive_seed(settings.seed, "baseline", ipc, run)))
-    return (x, _teacher(settings).label(x)) if settings.protocol.labels == "static" else (x, y)
+    return (x, _teacher(settings).label(x) if settings.protocol.labels == "static" else y, y)
 
 
 def _teacher(settings: EvalSettings):

@@ -231,7 +231,9 @@ def test_soft_label_teacher_comes_from_the_file_unless_given(monkeypatch, capsys
     (["distill", "--algo", "random", "--ipc", "1", "--ckpt-every", "-1", "--out", "Y"], "--ckpt-every"),
     (["teachers", "--epochs", "0"], "epochs must be at least 1"),
     (["teachers", "--lr", "-0.1"], "lr must be positive"),
-    (["experts", "--num", "0"], "--num and --epochs must be at least 1"),
+    (["experts", "--num", "0"], "--num and --epochs of at least 1"),
+    (["eval", "X", "--protocol", "kd-static", "--kd-loss", "l1"], "Unknown loss 'l1'"),
+    (["eval", "X", "--kd-loss", "kl"], "trains on hard labels"),
     (["show", "X", "--upscale", "0", "--out", "Y"], "--upscale"),
 ])
 def test_every_numeric_option_is_checked(monkeypatch, capsys, data_root, tmp_path, args, words):

@@ -90,6 +90,32 @@ def test_committees_are_named_checked_and_record_both_accuracies(real, tmp_path,
     assert c.describe()["committee"] == "tiny"
 
 
+def test_an_interrupted_teacher_training_resumes_to_the_same_network(real, tmp_path, monkeypatch):
+    import condense.artifacts as artifacts
+
+    recipe = committee_recipe(3, lr=0.05, batch=32)
+    whole = Artifacts(tmp_path / "a").trained_record(real, "convnetbn", recipe, 0)["trained"]
+    real_train = artifacts.train_model
+
+    def stopped_after_epoch_2(*args, on_epoch, **kw):  # Ctrl-C once epoch 2 is checkpointed
+        def then_stop(epoch, model, opt):
+            on_epoch(epoch, model, opt)
+            if epoch == 1:
+                raise KeyboardInterrupt
+        return real_train(*args, on_epoch=then_stop, **kw)
+
+    monkeypatch.setattr(artifacts, "train_model", stopped_after_epoch_2)
+    store = Artifacts(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        store.trained_record(real, "convnetbn", recipe, 0)
+    files = [p.name for p in (tmp_path / "b").rglob("*.pt")]
+    assert len(files) == 1 and files[0].endswith(".partial.pt")  # a checkpoint, nothing cached as finished
+    monkeypatch.setattr(artifacts, "train_model", real_train)
+    resumed = store.trained_record(real, "convnetbn", recipe, 0)["trained"]
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert not list((tmp_path / "b").rglob("*.partial.pt"))
+
+
 def test_a_diverged_teacher_is_refused_and_not_cached(real, tmp_path):
     store = Artifacts(tmp_path)
     recipe = committee_recipe(1, lr=1e12, batch=16)  # explodes to non-finite weights

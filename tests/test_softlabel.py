@@ -17,9 +17,9 @@ def test_mixup_mixes_images_with_one_lambda_and_is_seeded():
     x, y = torch.randn(6, 1, 8, 8), torch.arange(6)
     a = mixup(x, y, make_generator(0), 0.8)
     b = mixup(x, y, make_generator(0), 0.8)
-    xm, ya, yb, lam = a
+    xm, ya, yb, lam, perm = a
     assert lam == b[3] and torch.equal(xm, b[0]) and torch.equal(ya, y)
-    perm = yb  # labels are 0..5, so the partner labels are the permutation itself
+    assert torch.equal(yb, perm)  # labels are 0..5, so the partner labels are the permutation itself
     assert torch.allclose(xm, lam * x + (1 - lam) * x[perm])
     # lambda ~ Beta(alpha, alpha): small alpha puts it near 0 or 1, alpha = 1 is uniform (mean 1/2)
     g = make_generator(1)
@@ -77,9 +77,9 @@ def test_static_mixup_interpolates_stored_logits_with_the_image_lambda(monkeypat
     draws, targets = [], []
     real_mixup, real_loss = tr.mixup, tr.loss_fn
     monkeypatch.setattr(tr, "mixup", lambda *a: draws.append(real_mixup(*a)) or draws[-1])
-    monkeypatch.setattr(tr, "loss_fn", lambda c, logits, t: targets.append(t.clone()) or real_loss(c, logits, t))
+    monkeypatch.setattr(tr, "loss_fn", lambda c, logits, t, gt=None: targets.append(t.clone()) or real_loss(c, logits, t, gt))
     train_model(build_model("convnet", 1, 10, 28, seed=0, width=8), TrainData.tensors(x, z), cfg, make_generator(0))
-    (_, ya, yb, lam), = draws
+    (_, ya, yb, lam, _), = draws
     assert 0.05 < lam < 0.95  # (seeded) a lambda that tells the two partners apart
     assert len(targets) == 1 and torch.allclose(targets[0], lam * ya + (1 - lam) * yb)
     assert not torch.allclose(targets[0], ya)
