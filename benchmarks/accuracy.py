@@ -130,6 +130,10 @@ SUITES = {
         "ipc50": bench("infer", 50, "--protocol", "kd-static", "--runs", "1"),
         "ipc50-base-only": evaluate([INFER[50]], "--no-decode", "--runs", "1"),
     }),
+    "kdloss": ("about 5 min per configuration, given the INFER IPC 10 set", "one run each of the INFER IPC 10 set and a random subset under kd-static with another distillation loss (a probe, not a table)", {
+        f"{loss}-ipc10": evaluate([INFER[10]], "--kd-loss", loss, "--runs", "1", "--baseline", "random")
+        for loss in ("dkd", "mse_gt", "dist")
+    }),
     "softlabel": ("about 10 min, given sets", "herding and NCFM at IPC 1 under kd-static and kd-sre2l, random labelled by the same teacher", {
         "kd-static-ipc1": bench("herding,ncfm", 1, "--protocol", "kd-static", "--runs", "3"),
         "kd-sre2l-ipc1": bench("herding,ncfm", 1, "--protocol", "kd-sre2l", "--runs", "3"),
