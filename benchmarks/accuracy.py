@@ -11,7 +11,8 @@ command's peak resident memory (ru_maxrss, what `/usr/bin/time -v` reports) and 
 command's cost covers the distillations it had to do (none when its sets already exist) and the
 evaluation.
 
-Distilled sets are kept in --sets-dir (default $SETS_DIR, else /tmp/condense-bench) under bench's names,
+Distilled sets are kept in --sets-dir (default $SETS_DIR, else condense-bench in the system's temporary
+folder) under bench's names,
 <dataset>-<algo>-ipc<k>-<preset>[-<tag>]-s<seed>.h5, and reused. Suites that evaluate other suites'
 sets (select, softlabel, scores) therefore cost only their evaluations once those sets exist; `condense
 eval` steps stop with a message naming the configuration that makes a missing set. Finished evaluation
@@ -31,6 +32,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -208,8 +210,10 @@ def main() -> None:
     ap.add_argument("configs", nargs="*", help="only these configurations of the suite (default: all, in order)")
     ap.add_argument("--list", action="store_true", help="list the suites, their configurations and their cost")
     ap.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
-    ap.add_argument("--sets-dir", type=Path, default=Path(os.environ.get("SETS_DIR", "/tmp/condense-bench")),
-                    help="where distilled sets are kept and reused (default $SETS_DIR or /tmp/condense-bench)")
+    ap.add_argument("--sets-dir", type=Path,
+                    default=Path(os.environ.get("SETS_DIR") or Path(tempfile.gettempdir()) / "condense-bench"),
+                    help="where distilled sets are kept and reused (default $SETS_DIR, else condense-bench in the "
+                         "system's temporary folder)")
     args = ap.parse_args()
     if args.list or not args.suite:
         for name, (cost, what, configs) in SUITES.items():
