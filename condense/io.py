@@ -6,12 +6,13 @@ write files without importing the synthetic-set format (and without import cycle
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from condense.errors import CondenseError
 
@@ -159,3 +160,12 @@ def exclusive(path: Path, what: str = "writing", wait: bool = False) -> Iterator
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def tensor_digest(*tensors: Any) -> str:
+    """A short SHA-256 of tensors' dtypes, shapes and bytes (what a cached result or a label file is of)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]

@@ -7,6 +7,8 @@
 | /soft_labels    | float32 [N, K], opt.   | attrs kind (logits or probs), temperature, source           |
 | /lr             | float32 scalar, opt.   | learned evaluation learning rate                            |
 | /compact/...    | opt.                   | the stored representation when smaller than /images        |
+| /replay         | group, opt.            | attrs file, sha256: replayable soft labels in a side file  |
+|                 |                        | (`condense.relabel`: <name>.labels.h5 beside the set)       |
 | /zca/...        | opt.                   | mean, matrix, inverse of the ZCA whitening                  |
 | root attrs      |                        | format, format_version, dataset, class names, ipc, shape,   |
 |                 |                        | pixel_space, mean, std, algorithm, config (JSON), seed,     |
@@ -32,8 +34,9 @@ from torch.utils.data import Dataset
 
 from condense.data import Preprocess, Zca
 from condense.errors import CondenseError
-from condense.h5read import check_self_contained, read_array
-from condense.io import atomic_path, package_version
+from condense.h5read import check_self_contained, read_array, refuse
+from condense.io import atomic_path, package_version, tensor_digest
+from condense.relabel import Relabels, load_relabels, save_relabels, side_file
 
 FORMAT = "condense-synthetic"
 FORMAT_VERSION = 1
@@ -144,6 +147,7 @@ class SyntheticSet(Dataset):
     compact_attrs: dict[str, Any] = field(default_factory=dict)  # e.g. decode factor
     zca: Zca | None = None
     soft: bool = False  # __getitem__ returns soft labels as targets
+    replay: Relabels | None = None  # recorded per-epoch soft labels (a side file next to the set)
 
     # ---- Dataset -----------------------------------------------------------------------------
 
@@ -181,12 +185,17 @@ class SyntheticSet(Dataset):
         labels = self.soft_labels if self.soft_labels is not None else self.labels
         parts = {"images": images, "compensators": comp, "labels": labels}
         nbytes = {k: 0 if t is None else t.numel() * t.element_size() for k, t in parts.items()}
+        if self.replay is not None:  # the side file's arrays: per-epoch logits and the replay metadata
+            nbytes.update({f"replay_{k}": v for k, v in self.replay.nbytes().items()})
         total = sum(nbytes.values()) + (4 if self.lr is not None else 0)
         m = self.meta
         per_real = m.channels * m.height * m.width * 4 + 8
+        kind = "replayed" if self.replay is not None else "soft" if self.soft_labels is not None else "hard"
         return {"stored_images": int(images.shape[0]), "compensators": 0 if comp is None else int(comp.shape[0]),
-                "label_vectors": int(labels.shape[0]), "label_dtype": str(labels.dtype).replace("torch.", ""),
-                "label_kind": "soft" if self.soft_labels is not None else "hard",
+                "label_vectors": int(labels.shape[0]) + (0 if self.replay is None else int(self.replay.logits.shape[0]
+                                                                                         * self.replay.images)),
+                "label_dtype": "float16" if self.replay is not None else str(labels.dtype).replace("torch.", ""),
+                "label_kind": kind,
                 "training_images": len(self), "bytes": total, "bytes_by_part": nbytes,
                 "equivalent_ipc": round(total / (m.num_classes * per_real), 2)}
 
@@ -238,6 +247,9 @@ class SyntheticSet(Dataset):
 
         path = Path(path)
         self.validate(str(path))
+        if self.replay is not None and self.replay.set_digest != self.replay_digest():
+            raise CondenseError(f"{path}: the replayable labels were recorded for other images than this set's; "
+                                f"relabel the set (condense.relabel.relabel) before saving it.")
         with atomic_path(path) as tmp:
             with h5py.File(tmp, "w") as f:
                 for k, v in self.meta.to_attrs().items():
@@ -258,6 +270,10 @@ class SyntheticSet(Dataset):
                         g.create_dataset(k, data=v.detach().cpu().numpy())
                     for k, v in self.compact_attrs.items():
                         g.attrs[k] = v
+                if self.replay is not None:
+                    g = f.create_group("replay")
+                    g.attrs["file"] = side_file(path).name
+                    g.attrs["sha256"] = save_relabels(self.replay, side_file(path))
                 if self.zca is not None:
                     g = f.create_group("zca")
                     g.create_dataset("mean", data=self.zca.mean.cpu().numpy())
@@ -345,7 +361,17 @@ class SyntheticSet(Dataset):
             zca = Zca(mean, matrix, inverse, eps=float(f["zca"].attrs.get("eps", 0.1)))
         s = cls(images, labels, meta, soft_labels, soft_attrs, lr, compact, compact_attrs, zca, soft)
         s.validate(str(p))
+        if "replay" in f:
+            name = _plain(f["replay"].attrs.get("file"))
+            if not isinstance(name, str) or Path(name).name != name or not name.endswith(".labels.h5"):
+                raise refuse(p, f"/replay names its label file as {name!r}, not a file beside the set")
+            s.replay = load_relabels(p.with_name(name), str(_plain(f["replay"].attrs.get("sha256"))), n, k,
+                                     s.replay_digest(), h)
         return s
+
+    def replay_digest(self) -> str:
+        """What a label file records it labelled: the set's training images and hard labels."""
+        return tensor_digest(self.images, self.labels)
 
     def validate(self, where: str = "synthetic set") -> None:
         """Refuse inconsistent contents (shapes, label range, non-finite values)."""

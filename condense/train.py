@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,9 @@ class TrainData:
     fetch: Callable[[Tensor], tuple[Tensor, Tensor]]
     size: int  # image side, for augmentation ranges
     classes: Callable[[Tensor], Tensor] | None = None
+    # recorded batches (condense.relabel.replay_data): epoch -> (inputs, target logits, ground-truth parts),
+    # already augmented and mixed; the loop then draws nothing itself
+    replay: Callable[[int], Iterable[tuple[Tensor, Tensor, list[tuple[float, Tensor]]]]] | None = None
 
     @staticmethod
     def tensors(images: Tensor, targets: Tensor, classes: Tensor | None = None) -> "TrainData":
@@ -110,19 +113,30 @@ def lr_at(cfg: TrainConfig, base_lr: float, epoch: int) -> float:
     raise CondenseError(f"Unknown schedule '{cfg.schedule}'. Use step, cosine or constant.")
 
 
-def cutmix(x: Tensor, y: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor, float]:
+def cutmix(x: Tensor, y: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor, float, Tensor]:
     """CutMix with lambda ~ Beta(1, 1): returns mixed x, y, the partner labels, lambda and the partners."""
     b, _, h, w = x.shape
+    perm, box = cutmix_draw(b, h, w, g)
+    perm = perm.to(x.device, non_blocking=True)
+    y0, y1, x0, x1 = box
+    return cutmix_apply(x, perm, box), y, y[perm], 1 - (y1 - y0) * (x1 - x0) / (h * w), perm
+
+
+def cutmix_draw(b: int, h: int, w: int, g: torch.Generator) -> tuple[Tensor, tuple[int, int, int, int]]:
+    """One CutMix draw: the partners (a permutation of the batch) and the box (y0, y1, x0, x1)."""
     lam = float(torch.rand(1, generator=g))
-    perm = torch.randperm(b, generator=g).to(x.device, non_blocking=True)
+    perm = torch.randperm(b, generator=g)
     cut_h, cut_w = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
     cy, cx = int(torch.randint(h, (1,), generator=g)), int(torch.randint(w, (1,), generator=g))
-    y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
-    x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+    return perm, (max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h), max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w))
+
+
+def cutmix_apply(x: Tensor, perm: Tensor, box: tuple[int, int, int, int]) -> Tensor:
+    """Paste each image's partner into the box."""
+    y0, y1, x0, x1 = box
     x = x.clone()
     x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
-    lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
-    return x, y, y[perm], lam, perm
+    return x
 
 
 def mixup(x: Tensor, y: Tensor, g: torch.Generator, alpha: float) -> tuple[Tensor, Tensor, Tensor, float]:
@@ -219,29 +233,15 @@ def _train(model: nn.Module, forward: Callable[[Tensor], Tensor], datas: list[Tr
         current = new
         for group in opt.param_groups:
             group["lr"] = new
-        orders = [torch.randperm(n, generator=g).to(device, non_blocking=True) for g in generators]
-        for s in range(0, n, cfg.batch):
-            xs, cleans, targets = [], [], []  # per run: inputs, un-augmented inputs, [(weight, labels)]
-            gts: list[list[tuple[float, Tensor]] | None] = []  # per run: ground-truth classes, [(weight, classes)]
-            for data, g, order in zip(datas, generators, orders):
-                idx = order[s:s + cfg.batch]
-                x, y = data.fetch(idx)
-                c = y if not y.is_floating_point() else (data.classes(idx) if data.classes is not None else None)
-                cleans.append(x)
-                if aug is not None:
-                    x = aug.apply_random(x, g)
-                if cfg.cutmix > 0 and float(torch.rand(1, generator=g)) < cfg.cutmix:
-                    x, ya, yb, lam, perm = cutmix(x, y, g)
-                    targets.append([(lam, ya), (1 - lam, yb)])
-                elif cfg.mixup > 0:
-                    x, ya, yb, lam, perm = mixup(x, y, g, cfg.mixup)
-                    soft_logits = ya.is_floating_point() and cfg.loss != "ce" and cfg.soft_kind == "logits"
-                    targets.append([(1.0, lam * ya + (1 - lam) * yb)] if soft_logits else [(lam, ya), (1 - lam, yb)])
-                else:
-                    lam, perm = 1.0, None
-                    targets.append([(1.0, y)])
-                gts.append(None if c is None else [(1.0, c)] if perm is None else [(lam, c), (1 - lam, c[perm])])
-                xs.append(x)
+        if datas[0].replay is not None:  # recorded batches: inputs, targets and classes come ready
+            steps: Iterable = zip(*((_replayed(b) for b in d.replay(epoch)) for d in datas))  # type: ignore[misc]
+        else:
+            orders = [torch.randperm(n, generator=g).to(device, non_blocking=True) for g in generators]
+            steps = ([_draw(d, g, o[s:s + cfg.batch], aug, cfg) for d, g, o in zip(datas, generators, orders)]
+                     for s in range(0, n, cfg.batch))
+        for drawn in steps:
+            # per run: inputs, un-augmented inputs, [(weight, labels)], ground-truth classes [(weight, classes)]
+            xs, cleans, targets, gts = (list(part) for part in zip(*drawn))
             batch = torch.stack(xs)
             if teacher is not None:  # mode M: the teachers label exactly the batch the student sees
                 with torch.no_grad():
@@ -265,6 +265,37 @@ def _train(model: nn.Module, forward: Callable[[Tensor], Tensor], datas: list[Tr
             opt.step()
         if on_epoch is not None:
             on_epoch(epoch, model, opt)
+
+
+Drawn = tuple[Tensor, Tensor, list[tuple[float, Tensor]], list[tuple[float, Tensor]] | None]
+
+
+def _draw(data: TrainData, g: torch.Generator, idx: Tensor, aug: DSA | None, cfg: TrainConfig) -> Drawn:
+    """One run's batch: fetched, augmented and mixed with draws from `g`; returns the inputs, the
+    un-augmented inputs, the targets as weighted parts, and the ground-truth classes as weighted parts."""
+    x, y = data.fetch(idx)
+    c = y if not y.is_floating_point() else (data.classes(idx) if data.classes is not None else None)
+    clean = x
+    if aug is not None:
+        x = aug.apply_random(x, g)
+    if cfg.cutmix > 0 and float(torch.rand(1, generator=g)) < cfg.cutmix:
+        x, ya, yb, lam, perm = cutmix(x, y, g)
+        targets = [(lam, ya), (1 - lam, yb)]
+    elif cfg.mixup > 0:
+        x, ya, yb, lam, perm = mixup(x, y, g, cfg.mixup)
+        soft_logits = ya.is_floating_point() and cfg.loss != "ce" and cfg.soft_kind == "logits"
+        targets = [(1.0, lam * ya + (1 - lam) * yb)] if soft_logits else [(lam, ya), (1 - lam, yb)]
+    else:
+        lam, perm = 1.0, None
+        targets = [(1.0, y)]
+    gt = None if c is None else [(1.0, c)] if perm is None else [(lam, c), (1 - lam, c[perm])]
+    return x, clean, targets, gt
+
+
+def _replayed(batch: tuple[Tensor, Tensor, list[tuple[float, Tensor]]]) -> Drawn:
+    """A recorded batch (inputs, target logits, ground-truth parts) in the loop's form."""
+    x, logits, gt = batch
+    return x, x, [(1.0, logits)], gt
 
 
 class _Forward:

@@ -94,7 +94,8 @@ def teacher_spec(sets: Sets, archs: Optional[str], epochs: Optional[int], num: O
         if s.meta.teacher:
             try:
                 t = json.loads(s.meta.teacher)
-                named.add(("committee", str(t["committee"])) if "committee" in t else
+                named.add(("committee", str(t["committee"]), json.dumps(t.get("weights")), bool(t.get("bssl", False)),
+                           json.dumps(t.get("members"))) if "committee" in t else
                           (str(t["arch"]), int(t.get("epochs", 15)), int(t.get("num", 1))))
             except (ValueError, KeyError, TypeError, AttributeError):
                 raise CondenseError(f"{p} names its teacher as {s.meta.teacher!r}, which is not the JSON "
@@ -104,8 +105,9 @@ def teacher_spec(sets: Sets, archs: Optional[str], epochs: Optional[int], num: O
         raise CondenseError(f"The files name different teachers ({sorted(named)}); evaluate them separately or "
                             f"choose one with --committee or --teacher/--teacher-epochs/--teacher-num.")
     file_spec = named.pop() if named else ("convnet", 15, 1)
-    if file_spec[0] == "committee" and archs is None:
-        return {"committee": file_spec[1]}
+    if file_spec[0] == "committee" and archs is None:  # as the file names it: members, weights, BSSL (CV-DD)
+        return {"committee": file_spec[1], "weights": json.loads(file_spec[2]), "bssl": file_spec[3],
+                "members": json.loads(file_spec[4])}
     if file_spec[0] == "committee":
         file_spec = ("convnet", 15, 1)
     return {"arch": archs or file_spec[0], "epochs": epochs if epochs is not None else file_spec[1],
@@ -120,7 +122,8 @@ def attach_teacher(settings: EvalSettings, real: RealData, spec: dict, reporter:
         return
     store = Artifacts(cache, reporter, real.device, compile=settings.compile)  # --no-compile reaches the teachers too
     if "committee" in spec:
-        settings.teacher = committee_teacher(store, whole or real, spec["committee"])
+        settings.teacher = committee_teacher(store, whole or real, spec["committee"], spec.get("weights"),
+                                             bool(spec.get("bssl", False)), spec.get("members"))
     else:
         archs = [a.strip() for a in spec["arch"].split(",") if a.strip()]
         settings.teacher = load_teacher(store, real, archs, spec["epochs"], spec["num"])
@@ -134,6 +137,11 @@ def check_sets(sets: Sets, settings: EvalSettings, reporter: Reporter) -> None:
         if s.soft_labels is not None and proto.labels == "hard":
             reporter.log(f"note: {p} stores soft labels, but protocol {proto.name} trains on its hard labels, so "
                          f"the number below ignores them (--protocol kd-static uses them).")
+        if proto.labels == "replay":
+            if s.replay is None:
+                raise CondenseError(f"{p} has no replayable labels, which protocol {proto.name} trains on. Evaluate "
+                                    f"it under mode M (--protocol kd-sre2l: the teachers label every batch online).")
+            s.replay.check_matches(proto.train, str(p))
         if proto.labels != "hard" and s.preprocess.pixel_space == "zca":
             raise CondenseError(f"{p} is stored in ZCA space; the soft-label protocols need teachers in that space, "
                                 f"which condense does not build yet. Evaluate it with a hard-label protocol.")
@@ -157,7 +165,9 @@ def targets_of(s: SyntheticSet, settings: EvalSettings) -> str:
         return "hard labels"
     if settings.protocol.labels == "static" and s.soft_labels is not None:
         return f"the file's soft labels ({s.soft_attrs.get('kind', 'logits')})"
-    return "teacher"
+    if settings.protocol.labels == "replay":
+        return "the file's replayed labels (side file)"
+    return "teacher online (mode M)" if settings.protocol.labels == "teacher" else "teacher"
 
 
 def evaluate_sets(sets: Sets, real: RealData, settings: EvalSettings, baseline: bool, no_decode: bool,
@@ -223,7 +233,7 @@ def evaluate_files(req: EvalRequest, reporter: Reporter) -> Report:
     settings.device = dev.type
     settings.stack = (dev.type == "cuda") if req.stack is None else req.stack  # measured slower on CPU (RESULTS.md)
     check_sets(sets, settings, reporter)
-    if settings.protocol.labels != "hard":
+    if settings.protocol.labels != "hard" and (settings.protocol.labels != "replay" or req.baseline == "random"):
         spec = teacher_spec(sets, req.teacher, req.teacher_epochs, req.teacher_num, req.committee)
         attach_teacher(settings, real, spec, reporter, whole=whole)
     p = settings.protocol

@@ -17,7 +17,7 @@ from condense.run import assets_dir
 from condense.train import TrainConfig
 
 PROTOCOLS: Registry["Protocol"] = Registry("protocol")
-LABEL_MODES = ("hard", "static", "teacher")
+LABEL_MODES = ("hard", "static", "teacher", "replay")
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class Protocol:
     use_learned_lr: bool = True
     hash: str = ""
     labels: str = "hard"  # hard | static (one soft label per image: stored, else the teachers') | teacher (online)
+    #                       | replay (the file's recorded per-epoch labels, condense.relabel)
 
     def with_epochs(self, epochs: int | None) -> "Protocol":
         """The same protocol with another epoch budget (reported as a modification)."""

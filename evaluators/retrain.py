@@ -22,8 +22,10 @@ import torch
 
 from condense.data import RealData
 from condense.errors import CondenseError
+from condense.io import tensor_digest
 from condense.models import build_model
 from condense.progress import Reporter
+from condense.relabel import ReplayConfig, relabel, replay_data
 from condense.runtime import derive_seed, make_generator
 from condense.synthetic import SyntheticSet
 from condense.train import TrainData, accuracy, accuracy_runs, total_epochs, train_model, train_runs
@@ -133,7 +135,8 @@ def train_and_test(data: list[tuple[torch.Tensor, ...]], real: RealData, setting
                 for res in train_and_test(data[i:i + 1], real, settings, arch, lr, tag, [r])]
     nets += [make(r) for r in runs[1:]]
     gens = [make_generator(derive_seed(settings.seed, tag, arch, r, "data")) for r in runs]
-    datas = [TrainData.tensors(x.to(device), y.to(device), c.to(device)) for x, y, c in data]
+    datas = [TrainData.tensors(x.to(device), y.to(device), c.to(device)) if not rest else
+             replay_data(rest[0], x.to(device), c.to(device), info.allow_flip) for x, y, c, *rest in data]
     model: torch.nn.Module = ConvNetStack(nets) if together else nets[0]
 
     def test_accs(m: torch.nn.Module, batches) -> list[float]:
@@ -220,14 +223,6 @@ class RunCache:
                 self.warned = True
 
 
-def tensor_digest(*tensors: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(str((t.dtype, tuple(t.shape))).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:32]
-
-
 def _run_all(res: ArchResult, settings: EvalSettings, update, train_group, run_key) -> None:
     """Train the runs in groups (all together when stacking, else one at a time) and record them;
     runs found in `settings.cache` are taken from it, the others trained and stored there."""
@@ -302,11 +297,19 @@ def evaluate_set(synth: SyntheticSet, real: RealData, settings: EvalSettings, re
                 settings = replace(settings, protocol=replace(proto, train=proto.train.with_(soft_kind=kind)))
         else:
             targets = _teacher(settings).label(synth.images.to(real.device))
-    data = f"set {tensor_digest(synth.images, targets)} {_pre_digest(real)}"
+    record: tuple = ()
+    if proto.labels == "replay":  # the file's recorded per-epoch labels (checked against the protocol)
+        if synth.replay is None:
+            raise CondenseError(f"{label or 'The set'} has no replayable labels, which protocol {proto.name} trains "
+                                f"on. Evaluate it under mode M (--protocol kd-sre2l: the teachers label every batch "
+                                f"online) or distil it with relabelling on.")
+        synth.replay.check_matches(proto.train, label or "the set")
+        record = (synth.replay,)
+    data = f"set {tensor_digest(synth.images, targets)} {record[0].digest() if record else ''} {_pre_digest(real)}"
     out = []
     for arch in settings.archs:
         out.append(_evaluate_arch(settings, arch, lr, f"eval {label} {arch}", reporter, lambda runs, lr_: train_and_test(
-            [(synth.images, targets, synth.labels)] * len(runs), real, settings, arch, lr_, "eval", runs),
+            [(synth.images, targets, synth.labels, *record)] * len(runs), real, settings, arch, lr_, "eval", runs),
             data, "eval"))
     return out
 
@@ -338,6 +341,12 @@ def _subset(real: RealData, ipc: int, settings: EvalSettings, run: int) -> tuple
     """Run `run`'s random subset: images, targets as the protocol labels a set (static: teacher
     logits), classes."""
     x, y = real.random_subset(ipc, make_generator(derive_seed(settings.seed, "baseline", ipc, run)))
+    if settings.protocol.labels == "replay":  # relabelled here by the evaluation's teachers, as a set would be
+        t = settings.protocol.train
+        record = relabel(x, _teacher(settings), ReplayConfig(t.epochs, t.batch, t.augment, t.cutmix),
+                         make_generator(derive_seed(settings.seed, "baseline", ipc, run, "relabel")),
+                         real.info.allow_flip)
+        return (x, y, y, record)
     return (x, _teacher(settings).label(x) if settings.protocol.labels == "static" else y, y)
 
 

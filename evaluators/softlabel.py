@@ -12,6 +12,8 @@ one ahead of time); every result records which teachers produced its labels.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -19,15 +21,20 @@ from condense.artifacts import Artifacts, key_of, teacher_recipe
 from condense.committee import committee_spec, load_committee
 from condense.data import RealData
 from condense.errors import CondenseError
+from condense.relabel import ensemble_logits
 
 
 class Teacher(nn.Module):
-    """A frozen ensemble: the mean logits of its networks (in eval mode)."""
+    """A frozen ensemble: the mean logits of its networks (in eval mode), or a weighted sum
+    (`weights`, CV-DD's prior weights), optionally with each batch's own BatchNorm statistics (`bssl`,
+    running statistics untouched: `condense.relabel.batch_statistics`)."""
 
-    def __init__(self, nets: list[nn.Module], description: dict) -> None:
+    def __init__(self, nets: list[nn.Module], description: dict, weights: list[float] | None = None,
+                 bssl: bool = False) -> None:
         super().__init__()
         self.nets = nn.ModuleList(nets)
-        self.description = description  # what the results record: archs, recipe, cache keys, test accuracies
+        self.weights, self.bssl = weights, bssl
+        self.description = {**description, **({"weights": weights} if weights else {}), **({"bssl": True} if bssl else {})}
         self.requires_grad_(False)
         self.eval()
 
@@ -36,6 +43,8 @@ class Teacher(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
+        if self.weights or self.bssl:
+            return ensemble_logits(list(self.nets), x, self.weights, self.bssl)
         out = self.nets[0](x)
         for net in self.nets[1:]:
             out = out + net(x)
@@ -63,8 +72,19 @@ def load_teacher(store: Artifacts, real: RealData, archs: list[str], epochs: int
     return Teacher(nets, {"members": members, "epochs": epochs, "recipe": "condense teachers (SGD 0.01, cosine)"})
 
 
-def committee_teacher(store: Artifacts, real: RealData, name: str) -> Teacher:
-    """A named committee of `real`'s dataset as the teacher (its members' mean logits); `real` is the
-    whole training split (the committee holds its own validation images out)."""
+def committee_teacher(store: Artifacts, real: RealData, name: str, weights: list[float] | None = None,
+                      bssl: bool = False, members: list[int] | None = None) -> Teacher:
+    """A named committee of `real`'s dataset as the teacher (its members' mean logits, or weighted by
+    `weights`; `members`: only these, by index); `real` is the whole training split (the committee
+    holds its own validation images out)."""
     committee = load_committee(store, real, committee_spec(real.info.name, name))
-    return Teacher(committee.nets, committee.describe())
+    keep = list(range(len(committee.nets))) if members is None else members
+    numbers = weights is None or (isinstance(weights, list) and all(isinstance(w, (int, float)) and math.isfinite(w)
+                                                                    for w in weights))
+    if not isinstance(keep, list) or any(not isinstance(i, int) or not 0 <= i < len(committee.nets) for i in keep) \
+            or not numbers or (weights is not None and len(weights) != len(keep)):
+        raise CondenseError(f"The teacher names members {keep} with weights {weights} of committee {name}, which has "
+                            f"{len(committee.nets)} members; the file does not belong to this committee.")
+    description = committee.describe()
+    description["members"] = [description["members"][i] for i in keep]
+    return Teacher([committee.nets[i] for i in keep], description, weights, bssl)
