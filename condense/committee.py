@@ -70,7 +70,8 @@ def committee_spec(dataset: str, name: str = "") -> CommitteeSpec:
     t = table[name]
     archs = [str(a) for a in t["members"]]
     spec = CommitteeSpec(name, tuple((a, archs[:i].count(a)) for i, a in enumerate(archs)),
-                         committee_recipe(int(t["epochs"]), float(t.get("lr", 0.1)), int(t.get("batch", 128))),
+                         committee_recipe(int(t["epochs"]), float(t.get("lr", 0.1)), int(t.get("batch", 128)),
+                                          str(t.get("optimizer", "sgd")), float(t.get("weight_decay", 5e-4))),
                          int(t.get("val_per_class", 500)), str(t.get("description", "")))
     _check(spec)
     return spec

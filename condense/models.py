@@ -330,7 +330,7 @@ MODELS.register("resnet18")(ResNet18)
 MODELS.register("resnet18bn")(
     lambda channels, num_classes, size, **kw: ResNet18(channels, num_classes, size, norm="batchnorm", **kw))
 for _name in ("resnet18bn_narrow", "mobilenetv2", "mobilenetv2_050", "shufflenetv2", "shufflenetv2_050",
-              "efficientnet_b0", "densenet121"):
+              "efficientnet_b0", "densenet121", "resnet50"):
     MODELS.register_lazy(_name, "condense.zoo")  # torchvision networks adapted to small images
 
 

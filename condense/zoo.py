@@ -14,6 +14,7 @@ included, so a network is reproducible from `build_model(..., seed=s)`. Register
 | `shufflenetv2`, `shufflenetv2_050` | ShuffleNetV2 x1.0 and x0.5 |
 | `efficientnet_b0` | EfficientNet-B0 |
 | `densenet121` | DenseNet-121 |
+| `resnet50` | ResNet-50 (small-image stem: a 3x3 stride-1 convolution, no max-pool; CV-DD's committee) |
 """
 from __future__ import annotations
 
@@ -73,6 +74,13 @@ def densenet121(channels: int, num_classes: int, size: int) -> Network:
     return Adapted(net.features, net.classifier, relu=True)
 
 
+def resnet50(channels: int, num_classes: int, size: int) -> Network:
+    net = torchvision.models.resnet50(num_classes=num_classes)
+    net.conv1 = nn.Conv2d(channels, 64, 3, 1, 1, bias=False)
+    body = nn.Sequential(net.conv1, net.bn1, net.relu, net.layer1, net.layer2, net.layer3, net.layer4)
+    return Adapted(body, net.fc)
+
+
 MODELS.register("resnet18bn_narrow")(
     lambda channels, num_classes, size: ResNet18(channels, num_classes, size, norm="batchnorm", width=16))
 MODELS.register("mobilenetv2")(mobilenet_v2)
@@ -81,3 +89,4 @@ MODELS.register("shufflenetv2")(shufflenet_v2)
 MODELS.register("shufflenetv2_050")(lambda channels, num_classes, size: shufflenet_v2(channels, num_classes, size, 0.5))
 MODELS.register("efficientnet_b0")(efficientnet_b0)
 MODELS.register("densenet121")(densenet121)
+MODELS.register("resnet50")(resnet50)
