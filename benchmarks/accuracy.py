@@ -72,6 +72,7 @@ HERDING = {k: Set("herding", k, f"baselines ipc{k}") for k in (1, 10)}
 KCENTER = {k: Set("kcenter", k, f"baselines ipc{k}") for k in (1, 10)}
 NCFM = {k: Set("ncfm", k, f"ncfm ipc{k}") for k in (1, 10)}
 INFER = {k: Set("infer", k, f"infer ipc{k}") for k in (10, 50)}
+CVDD = {k: Set("cvdd", k, f"cvdd ipc{k}") for k in (1, 10)}
 SCORED = [*HERDING.values(), *KCENTER.values(), *NCFM.values(),
           *(Set(a, k, f"matching ipc{k}-convnet") for a in ("dm", "datadam") for k in (1, 10)),
           Set("mtt", 1, "mtt ipc1"), Set("mtt", 10, "mtt ipc10"), Set("mtt", 10, "mtt ipc10-improved", "improved")]
@@ -131,6 +132,14 @@ SUITES = {
         # IPC 50: one evaluation run each (a kd-static run of 500 images is about 6 min on 2 cores)
         "ipc50": bench("infer", 50, "--protocol", "kd-static", "--runs", "1"),
         "ipc50-base-only": evaluate([INFER[50]], "--no-decode", "--runs", "1"),
+    }),
+    "cvdd": ("about 1 h with the committee cached", "CV-DD on the cpu committee: replayed labels (kd-replay) and mode M (kd-sre2l), each beside a random subset labelled by the same weighted committee; the single-teacher variant", {
+        "ipc1": bench("cvdd", 1, "--protocol", "kd-replay", "--runs", "3"),
+        "ipc1-modem": evaluate([CVDD[1]], "--protocol", "kd-sre2l", "--runs", "3", "--baseline", "random"),
+        "ipc10": bench("cvdd", 10, "--protocol", "kd-replay", "--runs", "3"),
+        "ipc10-modem": evaluate([CVDD[10]], "--protocol", "kd-sre2l", "--runs", "3", "--baseline", "random"),
+        "ipc10-single": bench("cvdd", 10, "--set", "members=best", "--protocol", "kd-replay", "--runs", "3",
+                              "--no-baseline", tag="single"),
     }),
     "kdloss": ("about 5 min per configuration, given the INFER IPC 10 set", "one run each of the INFER IPC 10 set and a random subset under kd-static with another distillation loss (a probe, not a table)", {
         f"{loss}-ipc10": evaluate([INFER[10]], "--kd-loss", loss, "--runs", "1", "--baseline", "random")
