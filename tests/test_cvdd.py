@@ -14,7 +14,7 @@ from condense import committee as committee_module
 from condense.artifacts import Artifacts
 from condense.errors import CondenseError
 from condense.models import build_model
-from condense.relabel import ReplayConfig, batch_statistics, ensemble_logits, relabel, replay_data, side_file
+from condense.relabel import ReplayConfig, ensemble_logits, file_sha256, relabel, replay_data, side_file
 from condense.run import RunSpec, run_distill
 from condense.synthetic import SyntheticSet
 from condense.train import TrainConfig, train_model
@@ -137,10 +137,22 @@ def test_a_changed_missing_or_foreign_label_file_is_refused(real, tmp_path, tiny
         SyntheticSet.load(tmp_path / "a.h5")
     shutil.copy(side_file(tmp_path / "b.h5"), labels)  # another set's labels, with the checksum made to fit
     with h5py.File(tmp_path / "a.h5", "a") as f:
-        from condense.relabel import file_sha256
         f["replay"].attrs["sha256"] = file_sha256(labels)
     with pytest.raises(CondenseError, match="labels other images|should be"):
         SyntheticSet.load(tmp_path / "a.h5")
+    for name, change, message in (("order", lambda v: v[:, ::-1] * 0, "not a permutation"),
+                                  ("mix_perm", lambda v: v + 1000, "partner lies outside"),
+                                  ("mix_box", lambda v: v + 1000, "box lies outside"),
+                                  ("aug/rrc.wh", lambda v: v[..., :1], "do not match augmentation|should")):
+        labels.write_bytes(good)
+        with h5py.File(labels, "a") as f:
+            value = change(f[name][()])
+            del f[name]
+            f[name] = value
+        with h5py.File(tmp_path / "a.h5", "a") as f:
+            f["replay"].attrs["sha256"] = file_sha256(labels)
+        with pytest.raises(CondenseError, match=message):
+            SyntheticSet.load(tmp_path / "a.h5")
     with h5py.File(tmp_path / "a.h5", "a") as f:
         f["replay"].attrs["file"] = "../../etc/passwd"
     with pytest.raises(CondenseError, match="not a file beside the set"):
