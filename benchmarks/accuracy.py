@@ -133,13 +133,16 @@ SUITES = {
         "ipc50": bench("infer", 50, "--protocol", "kd-static", "--runs", "1"),
         "ipc50-base-only": evaluate([INFER[50]], "--no-decode", "--runs", "1"),
     }),
-    "cvdd": ("about 1 h with the committee cached", "CV-DD on the cpu committee: replayed labels (kd-replay) and mode M (kd-sre2l), each beside a random subset labelled by the same weighted committee; the single-teacher variant", {
+    "cvdd": ("about 1 h with the committee cached, and about 8 min per KD-loss configuration", "CV-DD on the cpu committee: replayed labels (kd-replay) and mode M (kd-sre2l), each beside a random subset labelled by the same weighted committee; the single-teacher variant; the KD losses", {
         "ipc1": bench("cvdd", 1, "--protocol", "kd-replay", "--runs", "3"),
         "ipc1-modem": evaluate([CVDD[1]], "--protocol", "kd-sre2l", "--runs", "3", "--baseline", "random"),
         "ipc10": bench("cvdd", 10, "--protocol", "kd-replay", "--runs", "3"),
         "ipc10-modem": evaluate([CVDD[10]], "--protocol", "kd-sre2l", "--runs", "3", "--baseline", "random"),
         "ipc10-single": bench("cvdd", 10, "--set", "members=best", "--protocol", "kd-replay", "--runs", "3",
                               "--no-baseline", tag="single"),
+        # the KD loss family on the CV-DD IPC 10 set and a random subset, replayed labels, 2 runs each
+        **{f"ipc10-{loss}": evaluate([CVDD[10]], "--protocol", "kd-replay", "--kd-loss", loss, "--runs", "2",
+                                     "--baseline", "random") for loss in ("sce", "mse_gt", "dist", "dkd")},
     }),
     "kdloss": ("about 5 min per configuration, given the INFER IPC 10 set", "one run each of the INFER IPC 10 set and a random subset under kd-static with another distillation loss (a probe, not a table)", {
         f"{loss}-ipc10": evaluate([INFER[10]], "--kd-loss", loss, "--runs", "1", "--baseline", "random")
