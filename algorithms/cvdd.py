@@ -44,7 +44,7 @@ from algorithms.base import ALGORITHMS, AlgoConfig, Algorithm
 from condense.augment import make_dsa
 from condense.committee import committee_spec, load_committee
 from condense.errors import CondenseError
-from condense.recover import BNStatistics, Recover, RecoverConfig, shift_and_flip
+from condense.recover import Recover, RecoverConfig, hook_teachers, shift_and_flip
 from condense.relabel import ReplayConfig, ensemble_logits, relabel
 from condense.runtime import derive_seed, make_generator
 from condense.synthetic import SyntheticSet
@@ -152,10 +152,7 @@ class CVDD(Algorithm[CVDDConfig]):
         self.keep = keep
         self.priors_kept = [priors[i] for i in keep]
         self.teachers = [committee.nets[i].to(dev).eval() for i in keep]
-        self.stats = [BNStatistics(net) for net in self.teachers]
-        if any(not s.layers for s in self.stats):
-            raise CondenseError("CV-DD inverts BatchNorm statistics, and a committee member has no BatchNorm layer. "
-                                "Use a committee of BatchNorm networks.")
+        self.stats = hook_teachers(self.teachers, [self.spec.members[i][0] for i in keep], "CV-DD")
         self.voters = voter_sets(self.cfg.ipc, self.priors_kept, self.cfg.voters,
                                  make_generator(derive_seed(self.ctx.seed, "cvdd-voters")))
         self.aug = make_dsa("rrc_flip", info.allow_flip, "all")

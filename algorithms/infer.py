@@ -33,7 +33,7 @@ import torch
 from algorithms.base import ALGORITHMS, AlgoConfig, Algorithm
 from condense.committee import committee_spec, load_committee
 from condense.errors import CondenseError
-from condense.recover import BNStatistics, Recover, RecoverConfig, inversion_loss
+from condense.recover import Recover, RecoverConfig, hook_teachers, inversion_loss
 from condense.synthetic import SyntheticSet
 
 
@@ -95,11 +95,7 @@ class INFER(Algorithm[INFERConfig]):
         committee = load_committee(self.ctx.artifacts, self.real, self.spec)
         self.committee = committee
         self.teachers = [net.to(self.ctx.device).eval() for net in committee.nets]
-        self.stats = [BNStatistics(net) for net in self.teachers]
-        if any(not s.layers for s in self.stats):
-            bad = [a for s, (a, _) in zip(self.stats, self.spec.members) if not s.layers]
-            raise CondenseError(f"INFER inverts BatchNorm statistics, but {', '.join(bad)} has no BatchNorm layer. "
-                                f"Use a committee of BatchNorm networks.")
+        self.stats = hook_teachers(self.teachers, [a for a, _ in self.spec.members], "INFER")
         g = self.ctx.device_generator
         # K distinct real images of every class, one per base set: [K, C, ch, H, W], model-input space
         self.base = torch.stack([self.real.images_of(cls, self.k, g) for cls in range(c)], 1).to(self.ctx.device)

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from condense.errors import CondenseError
+
 
 @dataclass(frozen=True)
 class RecoverConfig:
@@ -63,6 +65,18 @@ class BNStatistics:
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
+
+
+def hook_teachers(nets: list[nn.Module], names: list[str], method: str) -> list[BNStatistics]:
+    """`BNStatistics` on every teacher; one without BatchNorm layers cannot be inverted."""
+    stats = [BNStatistics(net) for net in nets]
+    bad = [name for st, name in zip(stats, names) if not st.layers]
+    if bad:
+        for st in stats:
+            st.remove()
+        raise CondenseError(f"{method} inverts BatchNorm statistics, but {', '.join(bad)} has no BatchNorm layer. "
+                            f"Use a committee of BatchNorm networks.")
+    return stats
 
 
 def shift_and_flip(x: Tensor, jitter: int, flip: bool, generator: torch.Generator) -> Tensor:
