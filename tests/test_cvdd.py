@@ -214,3 +214,12 @@ def test_cvdd_from_the_command_line_replays_and_runs_mode_m(monkeypatch, capsys,
     assert row["targets"] == "teacher online (mode M)" and row["teacher"]["bssl"] and row["teacher"]["weights"]
     code, _, err = cli(monkeypatch, capsys, "eval", out, "--epochs", "2", "--runs", "1", "--data-root", data_root)
     assert code == 1 and "recorded for another training run" in " ".join(err.split())
+
+
+def test_a_teacher_without_batchnorm_cannot_be_inverted():
+    from condense.recover import hook_teachers
+
+    nets = [build_model("convnetbn", 1, 10, 28, seed=0, width=8), build_model("convnet", 1, 10, 28, seed=0, width=8)]
+    with pytest.raises(CondenseError, match="convnet has no BatchNorm layer"):
+        hook_teachers(nets, ["convnetbn", "convnet"], "CV-DD")
+    assert not any(m._forward_hooks for m in nets[0].modules())  # the hooks of the others are removed again
