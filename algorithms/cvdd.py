@@ -21,9 +21,11 @@ record is the set's side file; `condense eval synth.h5` replays it (protocol kd-
 `--protocol kd-sre2l` evaluates the same images with the weighted committee online (mode M).
 
 Priors (`prior`): each member's validation accuracy in percent (cheap, the default; the committee
-holds its validation images out) or `equal`. The paper's prior, a single-model distil-and-evaluate
-score per member, is not built yet. Voting needs at least two members; `members = "best"` is the
-single-teacher variant (SRe2L-style): the member with the highest prior does everything.
+holds its validation images out), `distill` (the paper's: the accuracy of a student trained on an
+IPC 1 set that the member alone distilled and labelled, under kd-replay; measured once per committee
+by `condense teachers --committee NAME --priors distill` and cached with it) or `equal`.
+`members = "best"` is the single-teacher variant (SRe2L-style): the member with the highest prior
+does everything; `members = "0,2"` keeps those members only.
 
 Not as the official code: the patch generator is ours (the official repository ships the patches
 only); voter pairs beyond the cycle are seeded; labels of mixed batches are computed on the mixed
@@ -42,7 +44,7 @@ import torch.nn.functional as F
 
 from algorithms.base import ALGORITHMS, AlgoConfig, Algorithm
 from condense.augment import make_dsa
-from condense.committee import committee_spec, load_committee
+from condense.committee import committee_spec, load_committee, load_distill_priors
 from condense.errors import CondenseError
 from condense.recover import Recover, RecoverConfig, hook_teachers, shift_and_flip
 from condense.relabel import ReplayConfig, ensemble_logits, relabel
@@ -54,8 +56,8 @@ from condense.synthetic import SyntheticSet
 class CVDDConfig(AlgoConfig):
     iters: int = 0  # derived: IPC x class batches x recover_iters (0 = that; other values are refused)
     committee: str = ""  # teacher committee (assets/committees/<dataset>.toml); "" = the dataset's only one
-    members: str = "all"  # all | best: the single-teacher variant (the member with the highest prior)
-    prior: str = "val"  # val: members' validation accuracy (%) | equal
+    members: str = "all"  # all | best: the single-teacher variant (highest prior) | indices, e.g. "0" or "0,2"
+    prior: str = "val"  # val: members' validation accuracy (%) | distill: the paper's score (cached, see below) | equal
     voters: int = 2  # committee members voting on each IPC slot (official: 2)
     prior_temperature: float = 5.0  # voters' weights softmax(prior / T) in the recover loop (official: 5)
     label_temperature: float = 10.0  # relabel weights softmax(prior / T') over the whole committee (official: 10)
@@ -79,10 +81,11 @@ class CVDDConfig(AlgoConfig):
 
     def problems(self) -> list[str]:
         out = super().problems()
-        if self.members not in ("all", "best") or self.prior not in ("val", "equal") or self.init not in ("patches",
-                                                                                                        "noise"):
-            out.append(f"members must be all or best, prior val or equal, init patches or noise (got "
-                       f"{self.members}, {self.prior}, {self.init}; prior=distill, the paper's score, is not built)")
+        indices = all(v.strip().isdigit() for v in self.members.split(","))
+        if not (self.members in ("all", "best") or indices) or self.prior not in ("val", "distill", "equal") or \
+                self.init not in ("patches", "noise"):
+            out.append(f"members must be all, best or member indices (0,2), prior val, distill or equal, init "
+                       f"patches or noise (got {self.members}, {self.prior}, {self.init})")
         if self.recover_iters < 1 or self.voters < 1 or self.patch_pool < 1 or self.patch_crops < 1:
             out.append("recover_iters, voters, patch_pool and patch_crops must be at least 1")
         if self.lr <= 0 or self.r_bn < 0 or self.jitter < 0 or min(self.prior_temperature, self.label_temperature) <= 0:
@@ -145,10 +148,15 @@ class CVDD(Algorithm[CVDDConfig]):
         info, dev = self.real.info, self.ctx.device
         committee = load_committee(self.ctx.artifacts, self.real, self.spec)
         self.committee = committee
-        priors = self.priors(committee.records)
+        priors = self.priors(committee)
         keep = list(range(len(priors)))
         if self.cfg.members == "best":
             keep = [max(keep, key=lambda i: priors[i])]
+        elif self.cfg.members != "all":
+            keep = sorted({int(v) for v in self.cfg.members.split(",")})
+            if keep[-1] >= len(priors):
+                raise CondenseError(f"--set members={self.cfg.members} names member {keep[-1]}, but committee "
+                                    f"{self.spec.name} has {len(priors)} (0 to {len(priors) - 1}).")
         self.keep = keep
         self.priors_kept = [priors[i] for i in keep]
         self.teachers = [committee.nets[i].to(dev).eval() for i in keep]
@@ -162,10 +170,13 @@ class CVDD(Algorithm[CVDDConfig]):
         self.current: Recover | None = None
         self.slot = -1
 
-    def priors(self, records: list[dict[str, Any]]) -> list[float]:
+    def priors(self, committee: Any) -> list[float]:
         """Each member's prior in percent (so that the official temperatures apply unchanged)."""
+        records = committee.records
         if self.cfg.prior == "equal":
             return [0.0] * len(records)
+        if self.cfg.prior == "distill":
+            return load_distill_priors(self.ctx.artifacts, self.real.info.name, committee)
         if any(r["val_accuracy"] is None for r in records):
             raise CondenseError(f"prior=val needs the members' validation accuracies, and committee "
                                 f"{self.spec.name or '(ad hoc)'} holds out no validation images (val_per_class = 0). "

@@ -46,7 +46,6 @@ def _table(title: str, rows, columns: tuple[str, ...] = ()) -> None:
 
 def _reporter(quiet: bool):
     from condense.progress import RichReporter
-
     return RichReporter(quiet)
 
 
@@ -69,7 +68,7 @@ def _real(dataset: str, data_root, device: str, zca: bool = False, download: boo
 
 @app.command()
 def distill(
-    algo: str = typer.Option(..., "--algo", help="Method: random, herding, kcenter, dm, datadam, mtt, ncfm, infer."),
+    algo: str = typer.Option(..., "--algo", help="random, herding, kcenter, dm, datadam, mtt, ncfm, infer or cvdd."),
     ipc: int = typer.Option(10, "--ipc", help="Synthetic images per class."),
     dataset: str = Dataset,
     out: Path = typer.Option(Path("synth.h5"), "--out", "-o", help="Output file (written atomically)."),
@@ -158,8 +157,7 @@ def eval_(
     req = EvalRequest(files, protocol, epochs, arch, runs, baseline, dataset, no_decode, compile, teacher,
                       teacher_epochs, teacher_num, committee, fresh, stack, select, select_every, lr_grid, val_size, plot, ars,
                       full_acc, seed, device, data_root, kd_loss)
-    report = evaluate_files(req, _reporter(quiet))
-    report.print(Console())
+    (report := evaluate_files(req, _reporter(quiet))).print(Console())
     for path, write in ((json_out, report.save_json), (markdown, report.save_markdown), (plot, report.plot)):
         if path:
             write(path)
@@ -196,8 +194,7 @@ def bench(
     overrides = _parse_sets(set_)
     mine = {c.name: applicable(c, overrides) for c in classes}  # each method: the --set values it has
     settings = make_settings(protocol, epochs, arch, runs, seed, True)
-    reporter = _reporter(quiet)
-    real = _real(dataset, data_root, device)
+    reporter, real = _reporter(quiet), _real(dataset, data_root, device)
     jobs = plan_sets(ipc, real.info.name, preset, overrides, mine, sets_dir, tag, seed)
 
     def make(s: BenchSet) -> None:
@@ -205,8 +202,7 @@ def bench(
         _distill_one(s.algo, s.ipc, real, s.path, s.preset, mine[s.algo], None, seed, cache, reporter,
                      resume=ckpt if ckpt.is_file() else None)
 
-    report = run_bench(jobs, make, real, settings, baseline, out, json_out, plot, reporter, cache)
-    report.print(Console())
+    run_bench(jobs, make, real, settings, baseline, out, json_out, plot, reporter, cache).print(Console())
 
 
 @app.command()
@@ -221,9 +217,10 @@ def teachers(
                                "val` (500 per class, seed 0) and report validation accuracy."),
     committee: Optional[str] = typer.Option(None, "--committee", help="Build a named committee (assets/committees)."),
     pool: Optional[str] = typer.Option(None, "--pool", help="Build what a method needs instead (ncfm: its pool)."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="With --pool: the method's preset."),
+    priors: bool = typer.Option(False, "--priors", help="With --committee: measure CV-DD's prior=distill priors."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="With --pool or --priors: the method's preset."),
     ipc: int = typer.Option(10, "--ipc", help="With --pool: the IPC whose preset applies."),
-    set_: List[str] = typer.Option([], "--set", help="With --pool: override a method setting."),
+    set_: List[str] = typer.Option([], "--set", help="With --pool or --priors: override a method setting."),
     zca: bool = typer.Option(False, "--zca"),
     cache: Optional[Path] = Cache, device: str = Device, data_root: Optional[Path] = DataRoot, quiet: bool = Quiet,
 ) -> None:
@@ -244,7 +241,11 @@ def teachers(
     spec = committee_spec(real.info.name, committee) if committee else adhoc_spec(
         [a.strip() for a in arch.split(",") if a.strip()], teacher_recipe(epochs, lr, augment), num,
         500 if select == "val" else 0)
-    _table(*load_committee(store, real, spec).table(real.info.name))
+    _table(*(members := load_committee(store, real, spec)).table(real.info.name))
+    if priors:  # one CV-DD distillation (IPC 1) and evaluation per member, cached with the committee
+        from evaluators.priors import measure_with
+        measure_with(real, members, store, preset, _parse_sets(set_), store.reporter, lambda i, path, sets:
+                     _distill_one("cvdd", 1, real, path, preset, sets, None, 0, cache, store.reporter))
 
 
 @app.command()
@@ -289,8 +290,7 @@ def info(file: Path = typer.Argument(..., help="A synth.h5 file."),
     """Print a synthetic set's metadata, image counts and storage accounting."""
     from condense.synthetic import load
 
-    s = load(file)
-    facts = s.facts(file)
+    facts = (s := load(file)).facts(file)
     if as_json:
         print(json.dumps(facts, indent=2, default=str))
         return

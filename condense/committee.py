@@ -10,8 +10,11 @@ images no member has seen. `condense teachers --committee NAME` builds one ahead
 """
 from __future__ import annotations
 
+import json
+import math
 import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -136,3 +139,35 @@ def load_committee(store: Artifacts, real: RealData, spec: CommitteeSpec) -> Com
                         "val_accuracy": None if m.get("val_accuracy") is None else round(float(m["val_accuracy"]), 4),
                         "seconds": round(float(m["seconds"]))})
     return Committee(spec, nets, records)
+
+
+# ---- CV-DD's distil-and-evaluate priors ---------------------------------------------------------
+
+def priors_path(store: Artifacts, dataset: str, committee: Committee) -> Path:
+    """Where a committee's measured priors are cached: keyed by its members' cache keys, so retrained
+    members never meet stale priors."""
+    key = key_of({"members": [m["key"] for m in committee.records]})
+    return store.root / "priors" / f"{dataset.replace(':', '_')}-{committee.spec.name or 'adhoc'}-{key}.json"
+
+
+def save_distill_priors(store: Artifacts, dataset: str, committee: Committee, priors: list[float],
+                        how: dict[str, Any]) -> Path:
+    path = priors_path(store, dataset, committee)
+    store._store(path, lambda tmp: Path(tmp).write_text(json.dumps({"priors": priors, "how": how}, indent=1)))
+    return path
+
+
+def load_distill_priors(store: Artifacts, dataset: str, committee: Committee) -> list[float]:
+    """The cached priors (accuracy in %, one per member), or a clear refusal saying how to measure them."""
+    path = priors_path(store, dataset, committee)
+    try:
+        priors = json.loads(path.read_text())["priors"]
+        if isinstance(priors, list) and len(priors) == len(committee.records) and \
+                all(isinstance(v, (int, float)) and math.isfinite(v) for v in priors):
+            return [float(v) for v in priors]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    raise CondenseError(f"prior=distill needs the distil-and-evaluate priors of committee {committee.spec.name} "
+                        f"({path} is missing or unreadable). Measure them once with `condense teachers --dataset "
+                        f"{dataset} --committee {committee.spec.name} --priors distill --preset cpu` (one CV-DD "
+                        f"distillation and evaluation per member), or use --set prior=val.")

@@ -223,3 +223,24 @@ def test_a_teacher_without_batchnorm_cannot_be_inverted():
     with pytest.raises(CondenseError, match="convnet has no BatchNorm layer"):
         hook_teachers(nets, ["convnetbn", "convnet"], "CV-DD")
     assert not any(m._forward_hooks for m in nets[0].modules())  # the hooks of the others are removed again
+
+
+def test_distil_and_evaluate_priors_are_measured_cached_and_used(monkeypatch, capsys, data_root, tmp_path,
+                                                                 tiny_committee, real):
+    from test_cli import cli
+
+    with pytest.raises(CondenseError, match="--priors distill"):
+        make(real, tmp_path, prior="distill").init()  # not measured yet
+    fast = ["--set", "recover_iters=2", "--set", "relabel_epochs=1", "--set", "patch_pool=4"]
+    code, text, err = cli(monkeypatch, capsys, "teachers", "--committee", "tiny", "--priors", *fast,
+                          "--data-root", data_root, "--quiet")
+    assert code == 0, err
+    cached = list((tmp_path / "cache" / "priors").glob("fashion-mnist-tiny-*.json"))
+    assert len(cached) == 1
+    priors = json.loads(cached[0].read_text())["priors"]
+    assert len(priors) == 3 and all(0 < p <= 100 for p in priors)
+    a = CVDD(config_from(CVDD, {"ipc": 1, "committee": "tiny", "recover_iters": 1, "patch_pool": 4,
+                                "relabel_epochs": 1, "prior": "distill"}), real,
+             Context(seed=0, artifacts=Artifacts(tmp_path / "cache")))
+    a.init()
+    assert a.priors_kept == priors
