@@ -40,6 +40,7 @@ from condense.train import TrainData, cutmix_apply, cutmix_draw
 
 FORMAT = "condense-relabels"
 FORMAT_VERSION = 1
+STORED = {"order": torch.int32, "mix_perm": torch.int32, "mix_box": torch.int16, "logits": torch.float16}  # on disk
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,11 @@ class Relabels:
         return int(self.order.shape[1])
 
     def nbytes(self) -> dict[str, int]:
-        """Bytes of the record: the logits, and the replay metadata (order, augmentation, CutMix)."""
-        meta = [self.order, self.mix_on, self.mix_box, self.mix_perm, *self.aug.values()]
-        return {"logits": self.logits.numel() * self.logits.element_size(),
-                "replay_metadata": sum(t.numel() * t.element_size() for t in meta)}
+        """Bytes of the record as the side file stores it: the logits, and the replay metadata (order,
+        augmentation parameters, CutMix)."""
+        meta = {name: getattr(self, name) for name in ("order", "mix_on", "mix_box", "mix_perm")} | self.aug
+        return {"logits": self.logits.numel() * 2,
+                "metadata": sum(t.numel() * STORED.get(k, t.dtype).itemsize for k, t in meta.items())}
 
     def digest(self) -> str:
         return tensor_digest(self.order, self.logits, self.mix_perm, self.mix_box, *self.aug.values())
@@ -282,7 +284,8 @@ def save_relabels(r: Relabels, path: Path) -> str:
                 f.attrs[k] = v
             f.attrs["ops"], f.attrs["set_digest"], f.attrs["source"] = ",".join(r.ops), r.set_digest, r.source
             for name in ("order", "mix_on", "mix_box", "mix_perm", "logits"):
-                f.create_dataset(name, data=getattr(r, name).cpu().numpy())
+                t = getattr(r, name)
+                f.create_dataset(name, data=t.to(STORED.get(name, t.dtype)).cpu().numpy())
             g = f.create_group("aug")
             for k, v in r.aug.items():
                 g.create_dataset(k, data=v.cpu().numpy())
