@@ -28,8 +28,11 @@ by `condense teachers --committee NAME --priors distill` and cached with it) or 
 does everything; `members = "0,2"` keeps those members only.
 
 Not as the official code: the patch generator is ours (the official repository ships the patches
-only); voter pairs beyond the cycle are seeded; labels of mixed batches are computed on the mixed
-images (MixUp is not offered); BSSL restores the teachers' running statistics.
+only); at IPC 1 the voters are the two best priors for every dataset (the official code hard-codes
+other pairs for CIFAR-10, CIFAR-100 and ImageNette); voter pairs beyond the cycle are seeded; labels
+of mixed batches are computed on the mixed images (MixUp is not offered); BSSL normalizes over the
+student's whole batch (the official code feeds the teachers halves of 8 images) and restores the
+teachers' running statistics.
 """
 from __future__ import annotations
 
@@ -263,10 +266,9 @@ class CVDD(Algorithm[CVDDConfig]):
         labels = torch.arange(c, device=x.device).repeat_interleave(self.cfg.ipc)
         s = self.make_set(x, labels)
         label_w = weights(self.priors_kept, self.cfg.label_temperature)
-        for st in self.stats:
-            st.remove()
-        self.stats = []
-        if self.cfg.relabel:
+        done = self.slot == self.cfg.iters // self.cfg.recover_iters - 1 and self.current is not None \
+            and self.current.finished
+        if self.cfg.relabel and done:  # not for the driver's interim evaluations (hard labels)
             record = relabel(s.images.to(self.ctx.device), lambda b: ensemble_logits(self.teachers, b, label_w,
                                                                                       self.cfg.bssl),
                              self.cfg.replay(), make_generator(derive_seed(self.ctx.seed, "relabel")),

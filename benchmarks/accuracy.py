@@ -138,6 +138,9 @@ SUITES = {
         "ipc1-modem": evaluate([CVDD[1]], "--protocol", "kd-sre2l", "--runs", "3", "--baseline", "random"),
         "ipc10": bench("cvdd", 10, "--protocol", "kd-replay", "--runs", "3"),
         "ipc10-modem": evaluate([CVDD[10]], "--protocol", "kd-sre2l", "--runs", "3", "--baseline", "random"),
+        # the mosaics alone (one recover step): what the committee-voting recover adds at IPC 1
+        "ipc1-patches": bench("cvdd", 1, "--set", "recover_iters=1", "--protocol", "kd-replay", "--runs", "3",
+                              "--no-baseline", tag="patches"),
         "ipc10-single": bench("cvdd", 10, "--set", "members=best", "--protocol", "kd-replay", "--runs", "3",
                               "--no-baseline", tag="single"),
         # the KD loss family on the CV-DD IPC 10 set and a random subset, replayed labels, 2 runs each

@@ -40,6 +40,9 @@ from condense.train import TrainData, cutmix_apply, cutmix_draw
 
 FORMAT = "condense-relabels"
 FORMAT_VERSION = 1
+MAX_EPOCHS = 100_000  # a label file declaring more is refused before anything is read
+_TORCH = {"f4": torch.float32, "f8": torch.float64, "f2": torch.float16, "b1": torch.bool, "i8": torch.int64,
+          "i4": torch.int32}  # numpy dtype codes of augmentation parameters -> torch, for the layout check
 STORED = {"order": torch.int32, "mix_perm": torch.int32, "mix_box": torch.int16, "logits": torch.float16}  # on disk
 
 
@@ -89,7 +92,10 @@ class Relabels:
                 "metadata": sum(t.numel() * STORED.get(k, t.dtype).itemsize for k, t in meta.items())}
 
     def digest(self) -> str:
-        return tensor_digest(self.order, self.logits, self.mix_perm, self.mix_box, *self.aug.values())
+        """Everything a student's training depends on: the config, operations, and every array."""
+        names = f"{asdict(self.config)} {self.ops} {sorted(self.aug)}"
+        return tensor_digest(self.order, self.logits, self.mix_on, self.mix_perm, self.mix_box,
+                             *(self.aug[k] for k in sorted(self.aug))) + " " + names
 
     def check_matches(self, cfg: Any, where: str) -> None:
         """Refuse to replay under a training config (`TrainConfig`) other than the recorded one."""
@@ -315,9 +321,16 @@ def load_relabels(path: Path, sha256: str, n: int, classes: int, set_digest: str
             check_self_contained(f, path)
             cfg = ReplayConfig(int(f.attrs["epochs"]), int(f.attrs["batch"]), str(f.attrs["augment"]),
                                float(f.attrs["cutmix"]))
-            if cfg.problems():
-                raise bad("; ".join(cfg.problems()))
+            if cfg.problems() or cfg.epochs > MAX_EPOCHS:
+                raise bad("; ".join(cfg.problems()) or f"it declares {cfg.epochs} epochs (at most {MAX_EPOCHS})")
             e, nb = cfg.epochs, math.ceil(n / cfg.batch)
+            ops = tuple(o for o in str(f.attrs["ops"]).split(",") if o)
+            want = [_layout(*_reference(cfg.augment, flip, size), 1) for flip in (True, False)]
+            group = f.get("aug", {})  # the layout as declared (names, dtypes, trailing shapes), nothing read yet
+            declared = {k: torch.empty((0, 0, *d.shape[2:]), dtype=_TORCH[d.dtype.str[1:]]) for k, d in group.items()
+                        if isinstance(d, h5py.Dataset) and d.dtype.str[1:] in _TORCH}
+            if _layout(ops, declared, 2) not in want or len(declared) != len(group):
+                raise bad(f"its augmentation parameters do not match augmentation '{cfg.augment}'")
 
             def arr(name: str, kinds: str, shape: tuple[int, ...]) -> Tensor:
                 return torch.from_numpy(read_array(f, name, path, kinds, lambda s: s == shape, f"it should be {shape}"))
@@ -325,13 +338,12 @@ def load_relabels(path: Path, sha256: str, n: int, classes: int, set_digest: str
             order, perm = arr("order", "iu", (e, n)).long(), arr("mix_perm", "iu", (e, n)).long()
             mix_on, box = arr("mix_on", "b", (e, nb)), arr("mix_box", "iu", (e, nb, 4)).long()
             logits = arr("logits", "f", (e, n, classes)).half()
-            ops = tuple(o for o in str(f.attrs["ops"]).split(",") if o)
-            aug = {k: torch.from_numpy(read_array(f, f"aug/{k}", path, "fb", lambda s: s[:2] == (e, n),
+            aug = {k: torch.from_numpy(read_array(f, f"aug/{k}", path, "fbiu", lambda s: s[:2] == (e, n),
                                                   f"it should start with ({e}, {n})")) for k in f.get("aug", {})}
             source, digest = str(f.attrs.get("source", "")), str(f.attrs["set_digest"])
     except CondenseError:
         raise
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, OverflowError) as err:
         raise bad(f"damaged or incomplete ({type(err).__name__})") from None
     if digest != set_digest:
         raise bad("it labels other images than this set's")
@@ -340,12 +352,11 @@ def load_relabels(path: Path, sha256: str, n: int, classes: int, set_digest: str
     batch_size = (n - torch.arange(n) // cfg.batch * cfg.batch).clamp(max=cfg.batch)  # of each position's batch
     if bool((perm < 0).any() or (perm >= batch_size).any()):
         raise bad("a CutMix partner lies outside its batch")
-    if bool((box < 0).any() or (box > size).any() or (box[..., 0] > box[..., 1]).any() or (box[..., 2] > box[..., 3]).any()):
+    if bool((box < 0).any() or (box > size).any() or (box[..., 0] > box[..., 1]).any()
+            or (box[..., 2] > box[..., 3]).any()):
         raise bad("a CutMix box lies outside the image")
     if not bool(torch.isfinite(logits).all()) or any(not bool(torch.isfinite(v.float()).all()) for v in aug.values()):
         raise bad("it contains NaN or infinite values")
-    if _layout(ops, aug, 2) not in [_layout(*_reference(cfg.augment, flip, size), 1) for flip in (True, False)]:
-        raise bad(f"its augmentation parameters do not match augmentation '{cfg.augment}'")
     return Relabels(cfg, order, aug, ops, mix_on.bool(), box, perm, logits, digest, source)
 
 

@@ -244,8 +244,10 @@ def _train(model: nn.Module, forward: Callable[[Tensor], Tensor], datas: list[Tr
             xs, cleans, targets, gts = (list(part) for part in zip(*drawn))
             batch = torch.stack(xs)
             if teacher is not None:  # mode M: the teachers label exactly the batch the student sees
-                with torch.no_grad():  # run by run: a teacher on batch statistics (BSSL) sees one run's batch
-                    t = torch.stack([teacher(batch[r]) for r in range(batch.shape[0])])
+                with torch.no_grad():  # a teacher on batch statistics (BSSL) sees one run's batch at a time
+                    bssl = getattr(teacher, "bssl", False)
+                    t = torch.stack([teacher(batch[r]) for r in range(batch.shape[0])]) if bssl else \
+                        teacher(batch.flatten(0, 1)).view(*batch.shape[:2], -1)
                 targets = [[(1.0, t[r])] for r in range(len(xs))]
             out = forward(batch)
             loss = None

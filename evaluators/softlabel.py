@@ -81,8 +81,9 @@ def committee_teacher(store: Artifacts, real: RealData, name: str, weights: list
     keep = list(range(len(committee.nets))) if members is None else members
     numbers = weights is None or (isinstance(weights, list) and all(isinstance(w, (int, float)) and math.isfinite(w)
                                                                     for w in weights))
-    if not isinstance(keep, list) or any(not isinstance(i, int) or not 0 <= i < len(committee.nets) for i in keep) \
-            or not numbers or (weights is not None and len(weights) != len(keep)):
+    if not isinstance(keep, list) or not keep or len(set(map(str, keep))) != len(keep) or not numbers or any(
+            type(i) is not int or not 0 <= i < len(committee.nets) for i in keep) or \
+            (weights is not None and len(weights) != len(keep)):
         raise CondenseError(f"The teacher names members {keep} with weights {weights} of committee {name}, which has "
                             f"{len(committee.nets)} members; the file does not belong to this committee.")
     description = committee.describe()

@@ -187,8 +187,10 @@ def test_single_teacher_variant_and_bad_settings(real, tmp_path, tiny_committee)
     s = run_distill(a, RunSpec("cvdd", out=tmp_path / "s.h5"))
     assert len(a.teachers) == 1 and json.loads(s.meta.teacher)["members"] == a.keep and len(a.keep) == 1
     assert a.keep[0] == max(range(3), key=lambda i: a.committee.records[i]["val_accuracy"])
-    with pytest.raises(CondenseError, match="prior=distill"):
-        make(real, tmp_path, prior="distill")
+    with pytest.raises(CondenseError, match="prior val, distill or equal"):
+        make(real, tmp_path, prior="accuracy")
+    with pytest.raises(CondenseError, match="names member 7"):
+        make(real, tmp_path, members="0,7").init()
     with pytest.raises(CondenseError, match="does not match"):
         make(real, tmp_path, iters=5)
 
@@ -248,3 +250,15 @@ def test_distil_and_evaluate_priors_are_measured_cached_and_used(monkeypatch, ca
              Context(seed=0, artifacts=Artifacts(tmp_path / "cache")))
     a.init()
     assert a.priors_kept == priors
+
+
+def test_interim_sets_skip_relabelling_and_the_run_goes_on(real, tmp_path, tiny_committee):
+    a = make(real, tmp_path)
+    a.init()
+    for i in range(3):
+        a.step(i)
+    interim = a.synthetic()  # what --eval-every asks for in the middle of a run
+    assert interim.replay is None
+    for i in range(3, 6):
+        a.step(i)  # the hooks are still there
+    assert a.synthetic().replay is not None
