@@ -136,6 +136,9 @@ SUITES = {
     "cvdd": ("about 1 h with the committee cached, and about 8 min per KD-loss configuration", "CV-DD on the cpu committee: replayed labels (kd-replay) and mode M (kd-sre2l), each beside a random subset labelled by the same weighted committee; the single-teacher variant; the KD losses", {
         "ipc1": bench("cvdd", 1, "--protocol", "kd-replay", "--runs", "3"),
         "ipc1-modem": evaluate([CVDD[1]], "--protocol", "kd-sre2l", "--runs", "3", "--baseline", "random"),
+        # the same, with the committee's plain mean in eval mode (no prior weights, no BSSL): what BSSL costs
+        "ipc1-modem-evalbn": evaluate([CVDD[1]], "--protocol", "kd-sre2l", "--committee", "cpu", "--runs", "3",
+                                      "--baseline", "random"),
         "ipc10": bench("cvdd", 10, "--protocol", "kd-replay", "--runs", "3"),
         "ipc10-modem": evaluate([CVDD[10]], "--protocol", "kd-sre2l", "--runs", "3", "--baseline", "random"),
         # the mosaics alone (one recover step): what the committee-voting recover adds at IPC 1
