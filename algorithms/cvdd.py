@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from algorithms.base import ALGORITHMS, AlgoConfig, Algorithm
 from condense.augment import make_dsa
-from condense.committee import committee_spec, load_committee, load_distill_priors
+from condense.committee import inversion_spec, load_committee, load_distill_priors
 from condense.errors import CondenseError
 from condense.recover import Recover, RecoverConfig, hook_teachers, shift_and_flip
 from condense.relabel import ReplayConfig, ensemble_logits, relabel
@@ -129,9 +129,7 @@ class CVDD(Algorithm[CVDDConfig]):
 
     def __init__(self, cfg: CVDDConfig, real, ctx) -> None:
         super().__init__(cfg, real, ctx)
-        if real.pre.pixel_space == "zca":
-            raise CondenseError("CV-DD's teachers are trained on normalized images; distil it without --zca.")
-        self.spec = committee_spec(real.info.name, cfg.committee)
+        self.spec = inversion_spec(real, cfg.committee, "CV-DD")
         c = real.info.num_classes
         self.per_batch = c if cfg.classes_per_batch <= 0 else min(cfg.classes_per_batch, c)
         self.chunks = math.ceil(c / self.per_batch)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from algorithms.base import ALGORITHMS, AlgoConfig, Algorithm
-from condense.committee import committee_spec, load_committee
+from condense.committee import inversion_spec, load_committee
 from condense.errors import CondenseError
 from condense.recover import Recover, RecoverConfig, hook_teachers, inversion_loss
 from condense.synthetic import SyntheticSet
@@ -70,9 +70,7 @@ class INFER(Algorithm[INFERConfig]):
 
     def __init__(self, cfg: INFERConfig, real, ctx) -> None:
         super().__init__(cfg, real, ctx)
-        if real.pre.pixel_space == "zca":
-            raise CondenseError("INFER's teachers are trained on normalized images; distil it without --zca.")
-        self.spec = committee_spec(real.info.name, cfg.committee)
+        self.spec = inversion_spec(real, cfg.committee, "INFER")
         c, m = real.info.num_classes, len(self.spec.members)
         self.k = base_sets(cfg.ipc, m, c)
         if self.k < 1:

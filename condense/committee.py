@@ -80,6 +80,14 @@ def committee_spec(dataset: str, name: str = "") -> CommitteeSpec:
     return spec
 
 
+def inversion_spec(real: RealData, name: str, method: str) -> CommitteeSpec:
+    """The committee a teacher-inversion method (INFER, CV-DD) inverts; its teachers see normalized
+    images, so a ZCA-whitened run is refused."""
+    if real.pre.pixel_space == "zca":
+        raise CondenseError(f"{method}'s teachers are trained on normalized images; distil it without --zca.")
+    return committee_spec(real.info.name, name)
+
+
 def adhoc_spec(archs: list[str], recipe: TrainConfig, num: int = 1, val_per_class: int = 0) -> CommitteeSpec:
     """An unnamed committee: `num` seeds of each architecture."""
     spec = CommitteeSpec("", tuple((a, s) for a in archs for s in range(num)), recipe, val_per_class)
