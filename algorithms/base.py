@@ -135,7 +135,8 @@ class Algorithm(Generic[C]):
         meta = SetMeta(dataset=info.name, num_classes=info.num_classes, class_names=list(info.class_names),
                        ipc=self.cfg.ipc, channels=info.channels, height=info.size, width=info.size,
                        mean=tuple(info.mean), std=tuple(info.std), pixel_space=pre.pixel_space,
-                       algorithm=self.name, config=config, seed=self.ctx.seed, protocol=self.protocol)
+                       algorithm=self.name, config=config, seed=self.ctx.seed, protocol=self.protocol,
+                       class_ids=list(info.class_ids), classes_sha256=info.classes_sha256)
         return SyntheticSet(images.detach().float().cpu(), labels.detach().long().cpu(), meta,
                             zca=None if pre.zca is None else pre.zca.to("cpu"), **extra)
 

@@ -30,7 +30,9 @@ Cache = typer.Option(None, "--cache", help="Artifact cache (default $CONDENSE_CA
 Sets = typer.Option([], "--set", help="Override one setting (the method's or an execution setting such as chunk, "
                     "compile, fast): --set key=value, repeatable.")
 Dataset = typer.Option("fashion-mnist", "--dataset", help="fashion-mnist, mnist, cifar10, cifar100, svhn, "
-                       "tiny-imagenet, imagefolder:PATH[@SIZE].")
+                       "tiny-imagenet, imagefolder:PATH[@SIZE], imagenet:PATH[@SIZE].")
+ClassMap = typer.Option(None, "--class-map", help="JSON object: the set's classes -> the dataset's ({}: match by "
+                        "identifier); see condense/classes.py.")
 
 
 def _console() -> Console:
@@ -59,11 +61,11 @@ def _parse_sets(items: list[str]) -> dict[str, str]:
     return out
 
 
-def _real(dataset: str, data_root, device: str, zca: bool = False, download: bool = False):
+def _real(dataset: str, data_root, device: str, zca: bool = False, download: bool = False, lazy=None):
     from condense.data import load_dataset
     from condense.runtime import resolve_device
 
-    return load_dataset(dataset, data_root, download, zca=zca, device=resolve_device(device))
+    return load_dataset(dataset, data_root, download, zca=zca, device=resolve_device(device), lazy=lazy)
 
 
 @app.command()
@@ -134,8 +136,7 @@ def eval_(
                                             "committee (assets/committees) as the teachers."),
     kd_loss: Optional[str] = typer.Option(None, "--kd-loss", help="Soft-label protocols: the distillation loss "
                                           "instead of the protocol's (kl, sce, mse_gt, dist, dkd; condense/kd.py)."),
-    fresh: bool = typer.Option(False, "--fresh", help="Retrain runs the run cache has (else an interrupted eval "
-                               "continues where it stopped)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Retrain runs the run cache has (else eval resumes)."),
     stack: Optional[bool] = typer.Option(None, "--stack/--no-stack", help="Train a ConvNet's runs as one grouped "
                                          "network (same numbers; default: on CUDA only)."),
     select: str = typer.Option("final", "--select", help="final (last epoch) | val (epoch chosen on held-out "
@@ -145,18 +146,18 @@ def eval_(
                                           "mean validation accuracy picks one."),
     val_size: int = typer.Option(500, "--val-size", help="Validation images held out per class for --select val."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw accuracy vs IPC as a PNG (matplotlib)."),
-    ars: bool = typer.Option(False, "--ars", help="With --baseline random: add DD-Ranking's ARS (also evaluates "
-                             "without augmentation)."),
+    ars: bool = typer.Option(False, "--ars", help="With --baseline random: add DD-Ranking's ARS (+ no-aug runs)."),
     full_acc: Optional[float] = typer.Option(None, "--full-acc", help="Whole-data test accuracy (%) of the "
                                              "architecture: adds DD-Ranking's HLR, IOR, LRS."),
-    seed: int = Seed, device: str = Device, data_root: Optional[Path] = DataRoot, quiet: bool = Quiet,
+    class_map: Optional[Path] = ClassMap, seed: int = Seed, device: str = Device,
+    data_root: Optional[Path] = DataRoot, quiet: bool = Quiet,
 ) -> None:
     """Retrain fresh networks on synthetic sets and report test accuracy per IPC and architecture."""
     from evaluators.evaluate import EvalRequest, evaluate_files
 
     req = EvalRequest(files, protocol, epochs, arch, runs, baseline, dataset, no_decode, compile, teacher,
                       teacher_epochs, teacher_num, committee, fresh, stack, select, select_every, lr_grid, val_size, plot, ars,
-                      full_acc, seed, device, data_root, kd_loss)
+                      full_acc, seed, device, data_root, kd_loss, class_map)
     (report := evaluate_files(req, _reporter(quiet))).print(Console())
     for path, write in ((json_out, report.save_json), (markdown, report.save_markdown), (plot, report.plot)):
         if path:
@@ -190,9 +191,9 @@ def bench(
     from evaluators.bench import BenchSet, plan_sets, run_bench
     from evaluators.evaluate import make_settings
 
-    classes = [algorithms.ALGORITHMS.get(a.strip()) for a in algos.split(",") if a.strip()]
-    overrides = _parse_sets(set_)
-    mine = {c.name: applicable(c, overrides) for c in classes}  # each method: the --set values it has
+    overrides = _parse_sets(set_)  # each method gets the --set values it has:
+    mine = {c.name: applicable(c, overrides) for c in (algorithms.ALGORITHMS.get(a.strip()) for a in algos.split(",")
+                                                      if a.strip())}
     settings = make_settings(protocol, epochs, arch, runs, seed, True)
     reporter, real = _reporter(quiet), _real(dataset, data_root, device)
     jobs = plan_sets(ipc, real.info.name, preset, overrides, mine, sets_dir, tag, seed)
@@ -213,8 +214,7 @@ def teachers(
     num: int = typer.Option(1, "--num", help="Networks per architecture (seeds 0..num-1)."),
     lr: float = typer.Option(0.01, "--lr"),
     augment: str = typer.Option("none", "--augment", help="DSA strategy used while training, or none."),
-    select: str = typer.Option("final", "--select", help="val: hold out the validation images of `eval --select "
-                               "val` (500 per class, seed 0) and report validation accuracy."),
+    select: str = typer.Option("final", "--select", help="val: hold out eval --select val's images, report val acc."),
     committee: Optional[str] = typer.Option(None, "--committee", help="Build a named committee (assets/committees)."),
     pool: Optional[str] = typer.Option(None, "--pool", help="Build what a method needs instead (ncfm: its pool)."),
     priors: bool = typer.Option(False, "--priors", help="With --committee: measure CV-DD's prior=distill priors."),
@@ -235,8 +235,8 @@ def teachers(
         from algorithms.base import artifacts_for
 
         jobs = artifacts_for(pool, real.info.name, ipc, preset, _parse_sets(set_))
-        title = f"{real.info.name}: networks for {pool} ({len(jobs)})"
-        _table(title, store.summary(real, jobs), ("arch", "seed", "epochs", "test acc (%)", "train time (s)", "file"))
+        _table(f"{real.info.name}: networks for {pool} ({len(jobs)})", store.summary(real, jobs),
+               ("arch", "seed", "epochs", "test acc (%)", "train time (s)", "file"))
         return
     spec = committee_spec(real.info.name, committee) if committee else adhoc_spec(
         [a.strip() for a in arch.split(",") if a.strip()], teacher_recipe(epochs, lr, augment), num,
@@ -279,8 +279,7 @@ def show(
     """Save a per-class image grid (pixel space, ZCA inverted) as a PNG."""
     from condense.synthetic import load, save_grid
 
-    s = load(file)
-    save_grid(s.stored_set() if stored else s, out, per_class, upscale)
+    save_grid(load(file).stored_set() if stored else load(file), out, per_class, upscale)
     _console().print(f"wrote {out}")
 
 
@@ -303,12 +302,14 @@ def export(
     file: Path = typer.Argument(..., help="A synth.h5 file."),
     to: str = typer.Option(..., "--to", help="pt (images_best.pt, labels_best.pt, lr_best.pt) or imagefolder."),
     out_dir: Path = typer.Argument(..., help="Output folder (replaced atomically)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Check the set's class order against it."),
+    class_map: Optional[Path] = ClassMap, data_root: Optional[Path] = DataRoot,
 ) -> None:
-    """Export a synthetic set to the field's other formats."""
+    """Export a synthetic set to the field's other formats (in a dataset's class order with --dataset)."""
     from condense.synthetic import export, load
 
-    export(load(file), to, out_dir)
-    _console().print(f"wrote {out_dir}")
+    info = _real(dataset, data_root, "cpu", lazy=True).info if dataset else None
+    _console().print(f"wrote {export(load(file, dataset=info, class_map=class_map), to, out_dir)}")
 
 
 def main() -> None:
@@ -318,8 +319,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except CondenseError as e:
-        label = "stopped" if e.exit_code == 130 else "[bold red]error:[/]"
-        _console().print(f"{label} {escape(str(e))}", highlight=False)
+        _console().print(f"{'stopped' if e.exit_code == 130 else '[bold red]error:[/]'} {escape(str(e))}", highlight=False)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         _console().print("interrupted")

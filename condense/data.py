@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from condense.errors import CondenseError
-from condense.io import atomic_path
+from condense.io import tensor_digest
 from condense.registry import Registry
 
 
@@ -41,11 +41,28 @@ class DatasetInfo:
     std: tuple[float, ...]
     class_names: list[str]
     allow_flip: bool = True  # digits (MNIST, SVHN) must not be mirrored (DC README)
+    class_ids: list[str] = field(default_factory=list)  # stable identifiers (WordNet ids); default: the names
+
+    def __post_init__(self) -> None:
+        self.class_ids = list(self.class_ids or self.class_names)
+
+    def manifest(self) -> list[tuple[int, str, str]]:
+        """The class list as (index, name, identifier): what label i means."""
+        return [(i, n, c) for i, (n, c) in enumerate(zip(self.class_names, self.class_ids))]
+
+    @property
+    def classes_sha256(self) -> str:
+        return classes_digest(self.class_ids)
+
+
+def classes_digest(class_ids: list[str]) -> str:
+    """Checksum of a class order: label i is class_ids[i] (names are for display and do not count)."""
+    return hashlib.sha256("\n".join(f"{i}\t{c}" for i, c in enumerate(class_ids)).encode()).hexdigest()[:16]
 
 
 @dataclass
 class Split:
-    images: Tensor  # uint8 [N, C, H, W]
+    images: Tensor  # uint8 [N, C, H, W] (a `folders.LazyImages` for a lazily read folder)
     labels: Tensor  # int64 [N]
 
 
@@ -189,7 +206,9 @@ class RealData:
             keep.append(perm[per_class:])
         keep_idx, val_idx = torch.cat(keep).sort().values, torch.cat(val)
         h = hashlib.sha256(val_idx.cpu().numpy().tobytes()).hexdigest()[:12]
-        rest = RealData(self.info, Split(self.train.images[keep_idx], self.train.labels[keep_idx]), self.test, self.pre,
+        images = self.train.images
+        kept = images.take(keep_idx) if isinstance(images, folders.LazyImages) else images[keep_idx]
+        rest = RealData(self.info, Split(kept, self.train.labels[keep_idx]), self.test, self.pre,
                         subset=f"{self.subset}without {per_class}/class held out [{h}]")
         return rest, (self.get(val_idx), self.train.labels[val_idx])
 
@@ -198,6 +217,11 @@ class RealData:
         if pre.zca is not None:
             pre = Preprocess(pre.mean, pre.std, pre.zca.to(self.device))
         return RealData(self.info, self.train, self.test, pre, self.class_index, self.subset)
+
+    def test_digest(self) -> str:
+        """The test split's identity (a lazy one by its files, without decoding them)."""
+        x = self.test.images
+        return x.digest() if isinstance(x, folders.LazyImages) else tensor_digest(x, self.test.labels)
 
     def test_batches(self, batch: int = 256) -> Iterator[tuple[Tensor, Tensor]]:
         for s in range(0, self.test.labels.numel(), batch):
@@ -364,125 +388,35 @@ DATASETS.register("svhn")(
     _torchvision_rgb("svhn", "SVHN", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), allow_flip=False))
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-
-
-def _load_folder(folder: Path, classes: list[str], size: int | None) -> Split:
-    """Every image under folder/<class>/ (hidden files and folders skipped; other files skipped with a
-    warning), center-cropped to `size` when given."""
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
-    xs, ys, skipped = [], [], []
-    for c, cname in enumerate(classes):
-        files = sorted(p for p in (folder / cname).rglob("*") if p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-        images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-        skipped += [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
-        if not images:
-            raise CondenseError(f"{folder / cname} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))}); every class "
-                                f"folder needs at least one. Remove the folder or add its images.")
-        for p in images:
-            try:
-                img = Image.open(p).convert("RGB")
-            except (OSError, UnidentifiedImageError) as e:
-                raise CondenseError(f"{p} cannot be read as an image ({e}). Remove or replace it.") from None
-            if size is not None and img.size != (size, size):
-                s = size / min(img.size)
-                img = img.resize((max(size, round(img.size[0] * s)), max(size, round(img.size[1] * s))))
-                left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
-                img = img.crop((left, top, left + size, top + size))
-            xs.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
-            ys.append(c)
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} files under {folder} that are not images (e.g. {skipped[0]})",
-                      stacklevel=2)
-    if not xs:
-        raise CondenseError(f"No images found under {folder}. Expected {folder}/<class>/<image files>.")
-    shapes = {tuple(x.shape) for x in xs}
-    if len(shapes) > 1:
-        raise CondenseError(f"Images under {folder} have different sizes {sorted(shapes)[:3]}...; "
-                            f"add '@SIZE' to the dataset name (imagefolder:PATH@64) to resize them.")
-    return Split(torch.stack(xs), torch.tensor(ys, dtype=torch.int64))
-
-
-def _channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     f = x.float() / 255.0
     return tuple(f.mean((0, 2, 3)).tolist()), tuple(f.std((0, 2, 3)).tolist())
 
 
-@DATASETS.register("imagefolder")
-def load_imagefolder(roots: list[Path], download: bool, spec: str) -> tuple[Split, Split, DatasetInfo]:
-    """`imagefolder:PATH[@SIZE]`: PATH/train/<class>/* and PATH/val (or test)/<class>/*."""
-    path, at, size_s = spec.rpartition("@")
-    if not at or not size_s.isdigit():  # an '@' that is part of the path, not a size
-        path, size_s = spec, ""
-    size = int(size_s) if size_s else None
-    if size is not None and not 8 <= size <= 1024:
-        raise CondenseError(f"imagefolder:{spec}: the size after '@' must be between 8 and 1024 pixels (got {size}).")
-    root = Path(path).expanduser()
-    if not (root / "train").is_dir():
-        raise CondenseError(f"imagefolder:{path}: no folder {root / 'train'}. Expected PATH/train/<class>/... and "
-                            f"PATH/val/<class>/... (or PATH/test).")
-    test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
-    if test_dir is None:
-        raise CondenseError(f"imagefolder:{path}: no {root / 'val'} or {root / 'test'} folder for the test split.")
-    classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir() and not d.name.startswith("."))
-    train = _load_folder(root / "train", classes, size)
-    test = _load_folder(test_dir, classes, size)
-    mean, std = _channel_stats(train.images)
-    info = DatasetInfo(f"imagefolder:{spec}", len(classes), 3, int(train.images.shape[-1]), mean, std, classes)
-    return train, test, info
+from condense import folders  # noqa: E402  (the folder datasets need the types above)
 
-
-@DATASETS.register("tiny-imagenet")
-def load_tiny(roots: list[Path], download: bool, spec: str) -> tuple[Split, Split, DatasetInfo]:
-    """Tiny-ImageNet-200 as distributed (train/<wnid>/images/*.JPEG, val/images + val_annotations.txt);
-    the decoded tensors are cached beside it as tiny-imagenet.pt."""
-    for r in roots:
-        base = r / "tiny-imagenet-200"
-        if (base / "train").is_dir():
-            break
-    else:
-        raise missing_dataset("tiny-imagenet", roots, "Expected tiny-imagenet-200/ (unzip "
-                              "http://cs231n.stanford.edu/tiny-imagenet-200.zip there); torchvision cannot download it.",
-                              downloadable=False)
-    cache = base.parent / "tiny-imagenet.pt"
-    if cache.is_file():
-        try:
-            d = torch.load(cache, weights_only=True)  # tensors and class names only: nothing is unpickled as code
-        except Exception as e:  # noqa: BLE001  (a damaged or foreign cache is one user problem)
-            raise CondenseError(f"{cache} (condense's decoded copy of Tiny-ImageNet) cannot be read safely "
-                                f"({type(e).__name__}). Delete it; it is rebuilt from the image folders.") from None
-        train, test, classes = Split(*d["train"]), Split(*d["test"]), d["classes"]
-    else:
-        from PIL import Image
-
-        classes = sorted(p.name for p in (base / "train").iterdir() if p.is_dir())
-        train = _load_folder(base / "train", classes, 64)
-        index = {c: i for i, c in enumerate(classes)}
-        xs, ys = [], []
-        for line in (base / "val" / "val_annotations.txt").read_text().splitlines():
-            fname, wnid = line.split("\t")[:2]
-            img = Image.open(base / "val" / "images" / fname).convert("RGB")
-            xs.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
-            ys.append(index[wnid])
-        test = Split(torch.stack(xs), torch.tensor(ys))
-        with atomic_path(cache) as tmp:
-            torch.save({"train": (train.images, train.labels), "test": (test.images, test.labels),
-                        "classes": classes}, tmp)
-    info = DatasetInfo("tiny-imagenet", 200, 3, 64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), classes)
-    return train, test, info
+DATASETS.register("imagefolder")(folders.load_imagefolder)
+DATASETS.register("tiny-imagenet")(folders.load_tiny)
+DATASETS.register("imagenet")(folders.load_imagenet)
+FOLDER_DATASETS = ("imagefolder", "tiny-imagenet", "imagenet")
 
 
 def load_dataset(name: str, data_root: str | os.PathLike | None = None, download: bool = False,
-                 zca: bool = False, device: torch.device | str = "cpu") -> RealData:
-    """Load a registered dataset by name (`fashion-mnist`, `cifar10`, `imagefolder:PATH`, ...)."""
+                 zca: bool = False, device: torch.device | str = "cpu", lazy: bool | None = None,
+                 workers: int | None = None) -> RealData:
+    """Load a registered dataset by name (`fashion-mnist`, `cifar10`, `imagefolder:PATH`, ...).
+
+    Folder datasets (`condense.folders`) take `lazy` (None: lazy when the decoded training split would
+    exceed 2 GiB; tiny-imagenet and imagenet always) and `workers` (decode threads, default one per
+    core up to 8); the other datasets are small and always in memory."""
     key, _, spec = name.partition(":")
     loader = DATASETS.get(key)
-    train, test, info = loader(search_roots(data_root), download, spec)
+    folder = {"lazy": lazy, "workers": workers} if key in FOLDER_DATASETS else {}  # the others are small
+    train, test, info = loader(search_roots(data_root), download, spec, **folder)
     pre = Preprocess(info.mean, info.std)
     if zca:
+        if isinstance(train.images, folders.LazyImages):
+            raise CondenseError(f"--zca needs every training image in memory to fit the whitening, and {name} is "
+                                f"read lazily ({len(train.images)} images). Use normalization (drop --zca).")
         pre = Preprocess(info.mean, info.std, Zca.fit(train.images.float() / 255.0))
     return RealData(info, train, test, pre).to(device)

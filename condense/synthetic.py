@@ -12,7 +12,8 @@
 | /zca/...        | opt.                   | mean, matrix, inverse of the ZCA whitening                  |
 | root attrs      |                        | format, format_version, dataset, class names, ipc, shape,   |
 |                 |                        | pixel_space, mean, std, algorithm, config (JSON), seed,     |
-|                 |                        | condense_version, created, protocol, teacher                |
+|                 |                        | condense_version, created, protocol, teacher, class_ids     |
+|                 |                        | (JSON) + classes_sha256: the class manifest                 |
 
 Writes go to a temporary file beside the target and are renamed into place, so a crash never
 leaves a half-written set. Reading refuses foreign, truncated, newer-version and inconsistent
@@ -32,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from condense.data import Preprocess, Zca
+from condense.data import Preprocess, Zca, classes_digest
 from condense.errors import CondenseError
 from condense.h5read import check_self_contained, read_array, refuse
 from condense.io import atomic_path, package_version, tensor_digest
@@ -63,12 +64,14 @@ class SetMeta:
     teacher: str = ""  # how to rebuild the soft-label teacher, when evaluation needs one
     condense_version: str = field(default_factory=package_version)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    class_ids: list[str] = field(default_factory=list)  # the class manifest (condense.classes); [] in older files
+    classes_sha256: str = ""  # condense.data.classes_digest(class_ids)
 
     def to_attrs(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("config", "class_names"):
+            if f.name in ("config", "class_names", "class_ids"):
                 v = json.dumps(v)
             elif f.name in ("mean", "std"):
                 v = np.asarray(v, dtype=np.float64)
@@ -85,7 +88,7 @@ class SetMeta:
             if f.name not in attrs:
                 continue
             v = attrs[f.name]
-            if f.name in ("config", "class_names"):
+            if f.name in ("config", "class_names", "class_ids"):
                 v = json.loads(v)
             elif f.name in ("mean", "std"):
                 v = tuple(float(t) for t in np.atleast_1d(v))
@@ -110,8 +113,13 @@ def _meta_check(m: "SetMeta", where: str) -> None:
         v = getattr(m, name)
         if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
             raise bad(f"{name} is {v!r}, expected an integer in [{lo}, {hi}]")
-    if not isinstance(m.class_names, list) or not all(isinstance(c, str) for c in m.class_names):
-        raise bad("class_names is not a list of names")
+    for name in ("class_names", "class_ids"):
+        v = getattr(m, name)
+        if not isinstance(v, list) or not all(isinstance(c, str) for c in v):
+            raise bad(f"{name} is not a list of names")
+    if m.class_ids and (len(m.class_ids) != m.num_classes or m.classes_sha256 != classes_digest(m.class_ids)):
+        raise bad(f"its class manifest ({len(m.class_ids)} identifiers for {m.num_classes} classes, checksum "
+                  f"{m.classes_sha256!r}) does not check out")
     for name in ("mean", "std"):
         v = getattr(m, name)
         if len(v) != m.channels or not all(np.isfinite(t) for t in v):
@@ -120,7 +128,7 @@ def _meta_check(m: "SetMeta", where: str) -> None:
         raise bad(f"std {m.std} has a value that is not positive")
     if not isinstance(m.config, dict):
         raise bad("config is not a JSON object")
-    for name in ("dataset", "algorithm", "protocol", "teacher", "pixel_space"):
+    for name in ("dataset", "algorithm", "protocol", "teacher", "pixel_space", "classes_sha256"):
         if not isinstance(getattr(m, name), str):
             raise bad(f"{name} is not text")
 
@@ -442,9 +450,28 @@ class SyntheticSet(Dataset):
                 raise bad("the ZCA matrices contain NaN or infinite values")
 
 
-def load(path: str | os.PathLike, soft: bool = False) -> SyntheticSet:
-    """`condense.load("synth.h5")`: a validated SyntheticSet (a torch Dataset)."""
-    return SyntheticSet.load(path, soft=soft)
+def load(path: str | os.PathLike, soft: bool = False, dataset: Any = None,
+         class_map: str | os.PathLike | None = None) -> SyntheticSet:
+    """`condense.load("synth.h5")`: a validated SyntheticSet (a torch Dataset).
+
+    With `dataset` (a name such as "fashion-mnist", a `DatasetInfo` or a `RealData`), the set's class
+    manifest is compared with the dataset's and a different class order refused; `class_map` (a JSON
+    file, see `condense.classes`) re-maps the labels to the dataset's order first."""
+    s = SyntheticSet.load(path, soft=soft)
+    if dataset is None:
+        if class_map is not None:
+            raise CondenseError("A class map re-maps a set onto a dataset's class order: name the dataset too (--dataset, or "
+                                "dataset= in Python).")
+        return s
+    from condense import classes
+    from condense.data import load_dataset
+
+    info = dataset if hasattr(dataset, "class_ids") else getattr(dataset, "info", None)
+    info = info or load_dataset(str(dataset), lazy=str(dataset).partition(":")[0] in ("imagefolder",) or None).info
+    if class_map is not None:
+        s = classes.remap(s, classes.read_class_map(Path(class_map), s.meta, info), info)
+    classes.check(s.meta, info, str(path))
+    return s
 
 
 def _plain(v: Any) -> Any:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from condense.artifacts import Artifacts, cache_root
+from condense import classes
 from condense.data import RealData, load_dataset
 from condense.errors import CondenseError
 from condense.models import MODELS
@@ -55,6 +56,7 @@ class EvalRequest:
     device: str = "auto"
     data_root: Optional[Path] = None
     kd_loss: Optional[str] = None  # None: the protocol's loss
+    class_map: Optional[Path] = None  # JSON: the sets' classes -> the dataset's (condense.classes)
 
 
 def make_settings(protocol: str, epochs: Optional[int], arch: Optional[str], runs: Optional[int], seed: int,
@@ -228,6 +230,11 @@ def evaluate_files(req: EvalRequest, reporter: Reporter) -> Report:
                             f"dataset at a time.")
     dev = resolve_device(req.device)
     real = whole = load_dataset(names.pop(), req.data_root, device=dev)
+    if req.class_map is not None:
+        sets = [(p, classes.remap(s, classes.read_class_map(req.class_map, s.meta, real.info), real.info))
+                for p, s in sets]
+    for p, s in sets:  # before any training: a set whose labels mean other classes is refused now
+        classes.check(s.meta, real.info, str(p))
     if req.select == "val":
         real, settings.val = real.holdout(req.val_size, make_generator(derive_seed(req.seed, "validation-split")))
     settings.device = dev.type

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from condense import classes
 from condense.data import RealData
 from condense.errors import CondenseError
 from condense.io import tensor_digest
@@ -104,14 +105,17 @@ class EvalSettings:
 
 
 def check_compatible(synth: SyntheticSet, real: RealData, where: str) -> None:
+    """The set belongs to the dataset: same kind (a folder dataset may have moved), same image shape, and
+    the same class order (`condense.classes`)."""
     m = synth.meta
-    if m.dataset != real.info.name:
+    if m.dataset != real.info.name and m.dataset.partition(":")[0] != real.info.name.partition(":")[0]:
         raise CondenseError(f"{where} was distilled from '{m.dataset}' but is being evaluated on "
                             f"'{real.info.name}'. Pass --dataset {m.dataset} (or omit --dataset).")
     if (m.channels, m.height, m.num_classes) != (real.info.channels, real.info.size, real.info.num_classes):
         raise CondenseError(f"{where} has images {m.channels}x{m.height}x{m.width} over {m.num_classes} classes, "
                             f"but {real.info.name} has {real.info.channels}x{real.info.size} over "
                             f"{real.info.num_classes}; the set does not belong to this dataset.")
+    classes.check(m, real.info, where)
 
 
 def train_and_test(data: list[tuple[torch.Tensor, ...]], real: RealData, settings: EvalSettings, arch: str,
@@ -332,7 +336,7 @@ def _pre_digest(real: RealData) -> str:
     """The real data as runs see it: dataset, training split, and the preprocessing (mean/std, ZCA)."""
     pre = real.pre
     zca = tensor_digest(pre.zca.matrix, pre.zca.mean) if pre.zca is not None else "none"
-    test = tensor_digest(real.test.images, real.test.labels)
+    test = real.test_digest()
     return (f"{real.info.name} [{real.subset or 'whole'}] {real.train.labels.numel()} test {test} mean {pre.mean} "
             f"std {pre.std} zca {zca}")
 
