@@ -128,8 +128,9 @@ class Artifacts:
     """Trained networks and expert trajectories on demand (loaded from the cache or built)."""
 
     def __init__(self, root: str | os.PathLike | None = None, reporter: Reporter | None = None,
-                 device: torch.device | str = "cpu", compile: bool = False) -> None:
+                 device: torch.device | str = "cpu", compile: bool = False, weights: Path | None = None) -> None:
         self.compile = compile  # torch.compile the training forward (the CLI turns it on)
+        self.weights = weights  # a folder of pretrained weights to import (condense.pretrained), or None
         self.root = cache_root(root)
         self.reporter = reporter or Reporter()
         self.device = torch.device(device)
@@ -192,6 +193,32 @@ class Artifacts:
         if self._store(path, lambda tmp: torch.save(record, tmp)):
             self.reporter.log(f"cached {path.name}: test accuracy {acc:.2%} after {seconds:.0f}s")
         _discard(path.with_suffix(".partial.pt"))
+        return record
+
+    def pretrained_record(self, real: RealData, arch: str) -> dict[str, Any]:
+        """A pretrained network the user brought (`condense.pretrained`): imported from `self.weights` when
+        given (with its test accuracy measured once), else from the cache, else a refusal saying how."""
+        desc = {"kind": "pretrained-network", "version": ARTIFACT_VERSION, "dataset": real.info.name,
+                "pixel_space": real.pre.pixel_space, "arch": arch}
+        path = self.path(desc)
+        if self.weights is None:
+            if path.is_file():
+                return self._load(path)
+            raise CondenseError(f"{arch} is a pretrained teacher of {real.info.name} that has not been imported. "
+                                f"Import its weights once with `condense teachers --dataset {real.info.name} --committee "
+                                f"NAME --teacher-weights DIR` (DIR: the folder of torchvision's .pth files).")
+        from condense.pretrained import find_weights, load_weights
+
+        file = find_weights(self.weights, arch)
+        net = build_model(arch, real.info.channels, real.info.num_classes, real.info.size, seed=0)
+        sha = load_weights(net, file, arch)
+        t0 = time.time()
+        acc = accuracy(net.to(self.device).eval(), real.test_batches())
+        record = {"init": {}, "trained": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+                  "meta": {**desc, "weights_file": file.name, "weights_sha256": sha, "test_accuracy": acc,
+                           "val_accuracy": None, "seconds": 0, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}}
+        if self._store(path, lambda tmp: torch.save(record, tmp)):
+            self.reporter.log(f"imported {file.name} as {arch}: test accuracy {acc:.2%} ({time.time() - t0:.0f}s)")
         return record
 
     def summary(self, real: RealData, jobs: list[tuple[str, TrainConfig, int]]) -> list[tuple[str, ...]]:

@@ -75,12 +75,13 @@ def read_class_map(path: Path, meta, info: DatasetInfo) -> Tensor:
             raise CondenseError(f"--class-map {path}: {what!r} is not a class of the {side} (neither an identifier, "
                                 f"a name nor an index).")
         perm[j] = t
+    by_id = {c: i for i, c in enumerate(info.class_ids)}
     for j, cid in enumerate(src_ids):
         if perm[j] < 0:
-            if cid not in dst:
+            if cid not in by_id:
                 raise CondenseError(f"--class-map {path} does not map the set's class {cid!r}, and {info.name} has no "
                                     f"class with that identifier. Add it to the map.")
-            perm[j] = dst[cid]
+            perm[j] = by_id[cid]
     if len(perm) != len(info.class_ids) or len(set(perm)) != len(perm):
         dup = next((t for t in perm if perm.count(t) > 1), None)
         raise CondenseError(f"--class-map {path} is not one-to-one: "

@@ -27,8 +27,7 @@ Seed = typer.Option(0, "--seed", help="Seed of every random stream of the run.")
 DataRoot = typer.Option(None, "--data-root", help="Folder with the dataset files (searched first).")
 Quiet = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 Cache = typer.Option(None, "--cache", help="Artifact cache (default $CONDENSE_CACHE or ~/.cache/condense/artifacts).")
-Sets = typer.Option([], "--set", help="Override one setting (the method's or an execution setting such as chunk, "
-                    "compile, fast): --set key=value, repeatable.")
+Sets = typer.Option([], "--set", help="Override a method or execution setting (chunk, compile, ...): key=value, repeatable.")
 Dataset = typer.Option("fashion-mnist", "--dataset", help="fashion-mnist, mnist, cifar10, cifar100, svhn, "
                        "tiny-imagenet, imagefolder:PATH[@SIZE], imagenet:PATH[@SIZE].")
 ClassMap = typer.Option(None, "--class-map", help="JSON object: the set's classes -> the dataset's ({}: match by "
@@ -221,15 +220,16 @@ def teachers(
     preset: Optional[str] = typer.Option(None, "--preset", help="With --pool or --priors: the method's preset."),
     ipc: int = typer.Option(10, "--ipc", help="With --pool: the IPC whose preset applies."),
     set_: List[str] = typer.Option([], "--set", help="With --pool or --priors: override a method setting."),
-    zca: bool = typer.Option(False, "--zca"),
-    cache: Optional[Path] = Cache, device: str = Device, data_root: Optional[Path] = DataRoot, quiet: bool = Quiet,
+    weights: Optional[Path] = typer.Option(None, "--teacher-weights", help="Import a pretrained committee's weights."),
+    zca: bool = typer.Option(False, "--zca"), cache: Optional[Path] = Cache, device: str = Device,
+    data_root: Optional[Path] = DataRoot, quiet: bool = Quiet,
 ) -> None:
-    """Train (or load from the cache) networks on the real training split; print their accuracies."""
+    """Train (or load from the cache, or import) networks on the real training split; print their accuracies."""
     from condense.artifacts import Artifacts, teacher_recipe
     from condense.committee import adhoc_spec, committee_spec, load_committee
 
     real = _real(dataset, data_root, device, zca)
-    store = Artifacts(cache, _reporter(quiet), real.device, compile=True)
+    store = Artifacts(cache, _reporter(quiet), real.device, compile=True, weights=weights)
     if pool is not None:
         import algorithms  # noqa: F401  (fills the registry)
         from algorithms.base import artifacts_for

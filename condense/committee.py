@@ -38,12 +38,15 @@ class CommitteeSpec:
     recipe: TrainConfig
     val_per_class: int = 500  # held out for validation accuracy (0: train on the whole split)
     description: str = ""
+    pretrained: bool = False  # members are weights the user imports (condense.pretrained), not trained here
 
     def problems(self) -> list[str]:
         out = [f"unknown architecture '{a}'" for a, _ in self.members if a not in MODELS]
         if not self.members:
             out.append("no members")
-        if self.recipe.epochs < 1:
+        if self.pretrained and (any(seed for _, seed in self.members) or self.val_per_class):
+            out.append("a pretrained committee names each architecture once and holds out no validation images")
+        if self.recipe.epochs < 1 and not self.pretrained:
             out.append(f"epochs must be at least 1 (got {self.recipe.epochs})")
         if not self.recipe.lr > 0 or self.val_per_class < 0:
             out.append(f"lr must be positive and val_per_class not negative (got {self.recipe.lr}, {self.val_per_class})")
@@ -73,9 +76,10 @@ def committee_spec(dataset: str, name: str = "") -> CommitteeSpec:
     t = table[name]
     archs = [str(a) for a in t["members"]]
     spec = CommitteeSpec(name, tuple((a, archs[:i].count(a)) for i, a in enumerate(archs)),
-                         committee_recipe(int(t["epochs"]), float(t.get("lr", 0.1)), int(t.get("batch", 128)),
+                         committee_recipe(int(t.get("epochs", 0)), float(t.get("lr", 0.1)), int(t.get("batch", 128)),
                                           str(t.get("optimizer", "sgd")), float(t.get("weight_decay", 5e-4))),
-                         int(t.get("val_per_class", 500)), str(t.get("description", "")))
+                         int(t.get("val_per_class", 0 if t.get("pretrained") else 500)), str(t.get("description", "")),
+                         bool(t.get("pretrained", False)))
     _check(spec)
     return spec
 
@@ -135,14 +139,22 @@ def training_split(real: RealData, val_per_class: int) -> tuple[RealData, tuple[
 def load_committee(store: Artifacts, real: RealData, spec: CommitteeSpec) -> Committee:
     """Every member from the cache, trained first where missing (progress, resumable, refused if it
     diverges). `real`: the whole training split (the validation images are held out here)."""
+    if store.weights is not None and not spec.pretrained:
+        raise CondenseError(f"--teacher-weights imports the members of a pretrained committee (pretrained = true in "
+                            f"assets/committees/); committee {spec.name or '(from --arch)'} is trained by condense.")
     train, val = training_split(real, spec.val_per_class)
     nets, records = [], []
     for arch, seed in spec.members:
-        record = store.trained_record(train, arch, spec.recipe, seed, val=val)
+        if spec.pretrained:
+            record = store.pretrained_record(train, arch)
+            key = f"{record['meta']['weights_sha256'][:16]}"
+        else:
+            record = store.trained_record(train, arch, spec.recipe, seed, val=val)
+            key = key_of(store.describe(train, arch, spec.recipe, seed))
         net = store.network(train, arch, record).requires_grad_(False)
         nets.append(net)
         m = record["meta"]
-        records.append({"arch": arch, "seed": seed, "key": key_of(store.describe(train, arch, spec.recipe, seed)),
+        records.append({"arch": arch, "seed": seed, "key": key,
                         "test_accuracy": round(float(m["test_accuracy"]), 4),
                         "val_accuracy": None if m.get("val_accuracy") is None else round(float(m["val_accuracy"]), 4),
                         "seconds": round(float(m["seconds"]))})

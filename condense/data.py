@@ -205,8 +205,12 @@ class RealData:
             val.append(perm[:per_class])
             keep.append(perm[per_class:])
         keep_idx, val_idx = torch.cat(keep).sort().values, torch.cat(val)
-        h = hashlib.sha256(val_idx.cpu().numpy().tobytes()).hexdigest()[:12]
         images = self.train.images
+        if isinstance(images, folders.LazyImages) and val_idx.numel() * images.shape[1:].numel() * 4 > 2 << 30:
+            raise CondenseError(f"Holding out {per_class} images per class of {self.info.name} would decode "
+                                f"{val_idx.numel()} validation images into memory (over 2 GiB as float32). Use a "
+                                f"smaller --val-size (or val_per_class) for a dataset read lazily.")
+        h = hashlib.sha256(val_idx.cpu().numpy().tobytes()).hexdigest()[:12]
         kept = images.take(keep_idx) if isinstance(images, folders.LazyImages) else images[keep_idx]
         rest = RealData(self.info, Split(kept, self.train.labels[keep_idx]), self.test, self.pre,
                         subset=f"{self.subset}without {per_class}/class held out [{h}]")
@@ -221,7 +225,9 @@ class RealData:
     def test_digest(self) -> str:
         """The test split's identity (a lazy one by its files, without decoding them)."""
         x = self.test.images
-        return x.digest() if isinstance(x, folders.LazyImages) else tensor_digest(x, self.test.labels)
+        if isinstance(x, folders.LazyImages):
+            return x.digest() + tensor_digest(self.test.labels)[:16]
+        return tensor_digest(x, self.test.labels)
 
     def test_batches(self, batch: int = 256) -> Iterator[tuple[Tensor, Tensor]]:
         for s in range(0, self.test.labels.numel(), batch):

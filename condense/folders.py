@@ -22,6 +22,7 @@ import hashlib
 import os
 import time
 import warnings
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,7 @@ def decode(path: Path, size: int | None) -> Tensor:
     if size is not None and img.size != (size, size):
         s = size / min(img.size)
         img = img.resize((max(size, round(img.size[0] * s)), max(size, round(img.size[1] * s))),
-                         Image.Resampling.BILINEAR)
+                         Image.Resampling.BICUBIC)
         left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
         img = img.crop((left, top, left + size, top + size))
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
@@ -101,8 +102,12 @@ class LazyImages:
     def __getitem__(self, idx: Tensor | Sequence[int] | slice) -> Tensor:
         if isinstance(idx, slice):
             rows = range(len(self.files))[idx]
+        elif isinstance(idx, Tensor) and not idx.dtype.is_floating_point and idx.dtype != torch.bool and idx.dim() == 1:
+            rows = idx.tolist()
+        elif isinstance(idx, (list, tuple, range)):
+            rows = list(idx)
         else:
-            rows = idx.flatten().tolist() if isinstance(idx, Tensor) else list(idx)
+            raise TypeError(f"LazyImages is indexed by a slice, a list or a 1-d integer tensor, not {idx!r}")
         paths = [self.path(i) for i in rows]
         if self.workers > 0 and len(paths) > 1:
             if self._pool is None:
@@ -207,9 +212,10 @@ def index_dir() -> Path:
     return Path(os.environ.get("CONDENSE_INDEX") or "~/.cache/condense/index").expanduser()
 
 
-def cached_index(root: Path, kind: str, build) -> FileIndex:
-    """`build()`'s index of `root`, from the cache when every directory it walked is unchanged."""
-    key = hashlib.sha256(f"{kind}\0{root.resolve()}".encode()).hexdigest()[:20]
+def cached_index(root: Path, kind: str, classes: list[str], build) -> FileIndex:
+    """`build()`'s index of `root` for this class list, from the cache when every directory (and label
+    file) it read is unchanged."""
+    key = hashlib.sha256("\0".join([kind, str(root.resolve()), *classes]).encode()).hexdigest()[:20]
     path = index_dir() / f"{kind}-{key}.npz"
     if path.is_file():
         idx = _read_index(path, root)
@@ -222,7 +228,7 @@ def cached_index(root: Path, kind: str, build) -> FileIndex:
             with open(tmp, "wb") as f:
                 np.savez(f, format=np.int64(INDEX_FORMAT), files=idx.files, labels=idx.labels, dirs=idx.dirs,
                          mtimes=idx.mtimes, skipped=np.int64(idx.skipped), built_ns=np.int64(idx.built_ns))
-    except OSError as e:  # a read-only home: index again next time
+    except (OSError, CondenseError) as e:  # a read-only home: index again next time
         warnings.warn(f"could not cache the file index of {root} in {path} ({e}); set $CONDENSE_INDEX to a "
                       f"writable folder", stacklevel=2)
     return idx
@@ -237,7 +243,7 @@ def _read_index(path: Path, root: Path) -> FileIndex | None:
                 return None
             files, labels, dirs, mtimes = z["files"], z["labels"], z["dirs"], z["mtimes"]
             skipped, built = int(z["skipped"]), int(z["built_ns"])
-    except (OSError, KeyError, ValueError, TypeError):
+    except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile):
         return None
     ok = (files.dtype.kind == "S" and dirs.dtype.kind == "S" and labels.dtype == np.int64 and mtimes.dtype == np.int64
           and files.shape == labels.shape and dirs.shape == mtimes.shape and files.ndim == 1)
@@ -267,7 +273,7 @@ def native_size(index: FileIndex) -> int:
         try:
             with Image.open(index.root / os.fsdecode(f)) as img:
                 sizes.add(img.size)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise CondenseError(f"{index.root / os.fsdecode(f)} cannot be read as an image ({e}). Remove or replace "
                                 f"it.") from None
         if len(sizes) > 1:
@@ -286,7 +292,7 @@ def sample_stats(images: LazyImages, n: int = 1000) -> tuple[tuple[float, ...], 
         st = np.load(path, allow_pickle=False)
         if st.shape == (2, 3) and st.dtype == np.float64 and np.isfinite(st).all() and (st[1] > 0).all():
             return tuple(st[0].tolist()), tuple(st[1].tolist())
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError):
         pass
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n].sort().values
     x = images.to("cpu")[pick].float() / 255.0
@@ -295,7 +301,7 @@ def sample_stats(images: LazyImages, n: int = 1000) -> tuple[tuple[float, ...], 
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, st)
-    except OSError:
+    except (OSError, CondenseError):  # no cache: measured again next time
         pass
     return tuple(st[0].tolist()), tuple(st[1].tolist())
 
@@ -320,7 +326,17 @@ def parse_size(name: str, spec: str, default: int | None) -> tuple[str, int | No
 
 
 def subfolders(path: Path) -> list[str]:
-    return sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    try:
+        return sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError as e:
+        raise CondenseError(f"{path} cannot be listed ({e}). Check the path and its permissions.") from None
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CondenseError(f"{path} cannot be read as text ({e}). Restore it from the dataset's archive.") from None
 
 
 def load_imagefolder(roots: list[Path], download: bool, spec: str, lazy: bool | None = None,
@@ -340,9 +356,13 @@ def load_imagefolder(roots: list[Path], download: bool, spec: str, lazy: bool | 
     classes = subfolders(root / "train")
     if not classes:
         raise CondenseError(f"No class folders under {root / 'train'}. Expected {root / 'train'}/<class>/<images>.")
-    tr = cached_index(root / "train", "imagefolder", lambda: index_class_folders(root / "train", classes))
-    te = cached_index(test_dir, "imagefolder", lambda: index_class_folders(test_dir, classes))
-    size = size or native_size(tr)
+    tr = cached_index(root / "train", "imagefolder", classes, lambda: index_class_folders(root / "train", classes))
+    te = cached_index(test_dir, "imagefolder", classes, lambda: index_class_folders(test_dir, classes))
+    if size is None:  # every image of both splits must already be one square size
+        size = native_size(tr)
+        if native_size(te) != size:
+            raise CondenseError(f"The images of {test_dir} are not {size}x{size} like those of {root / 'train'}; add "
+                                f"'@SIZE' to the dataset name (imagefolder:PATH@{size}) to resize them.")
     lazy = choose_lazy(lazy, len(tr.files), size)
     train, test = make_split(tr, size, lazy, workers), make_split(te, size, lazy, workers)
     mean, std = sample_stats(train.images) if lazy else channel_stats(train.images)
@@ -352,7 +372,7 @@ def load_imagefolder(roots: list[Path], download: bool, spec: str, lazy: bool | 
 
 def _list_index(root: Path, rel_files: list[str], labels: list[int], dirs: list[Path], built: int) -> FileIndex:
     return FileIndex(root, np.array([os.fsencode(f) for f in rel_files]), np.array(labels, dtype=np.int64),
-                     np.array([os.fsencode(d.relative_to(root)) if d != root else b"." for d in dirs]),
+                     np.array([os.fsencode(os.path.relpath(d, root)) for d in dirs]),  # label files too
                      np.array([_mtime(d) for d in dirs], dtype=np.int64), 0, built)
 
 
@@ -370,25 +390,26 @@ def load_tiny(roots: list[Path], download: bool, spec: str, lazy: bool | None = 
                               "http://cs231n.stanford.edu/tiny-imagenet-200.zip there); torchvision cannot download it.",
                               downloadable=False)
     wnids = subfolders(base / "train")
-    tr = cached_index(base / "train", "tiny-imagenet", lambda: index_class_folders(base / "train", wnids, warn=False))
+    tr = cached_index(base / "train", "tiny-imagenet", wnids,
+                      lambda: index_class_folders(base / "train", wnids, warn=False))
     ann = base / "val" / "val_annotations.txt"
 
     def val_index() -> FileIndex:
         built = time.time_ns()
         where = {w: i for i, w in enumerate(wnids)}
         files, labels = [], []
-        for n, line in enumerate(ann.read_text().splitlines(), 1):
+        for n, line in enumerate(read_text(ann).splitlines(), 1):
             parts = line.split("\t")
             if len(parts) < 2 or parts[1] not in where or "/" in parts[0] or parts[0].startswith("."):
                 raise CondenseError(f"{ann}, line {n}: expected '<file name>\\t<wnid of a training class>', got "
                                     f"{line[:80]!r}. Restore the file from the Tiny-ImageNet archive.")
             files.append(f"images/{parts[0]}")
             labels.append(where[parts[1]])
-        return _list_index(base / "val", files, labels, [base / "val", base / "val" / "images"], built)
+        return _list_index(base / "val", files, labels, [base / "val", base / "val" / "images", ann], built)
 
     if not ann.is_file():
         raise CondenseError(f"{ann} is missing: Tiny-ImageNet's test split is read from it. Restore it from the archive.")
-    te = cached_index(base / "val", "tiny-imagenet-val", val_index)
+    te = cached_index(base / "val", "tiny-imagenet-val", wnids, val_index)
     names = _wnid_names(base / "words.txt")
     lazy = True if lazy is None else lazy
     info = DatasetInfo("tiny-imagenet", len(wnids), 3, 64, IMAGENET_MEAN, IMAGENET_STD,
@@ -421,13 +442,16 @@ def load_imagenet(roots: list[Path], download: bool, spec: str, lazy: bool | Non
         raise CondenseError(f"imagenet:{path}: expected {root / 'train'}/<wnid>/*.JPEG and {root / 'val'} (class "
                             f"folders, or the flat validation images with the devkit or LOC_val_solution.csv).")
     wnids = subfolders(root / "train")
-    tr = cached_index(root / "train", "imagenet", lambda: index_class_folders(root / "train", wnids))
+    tr = cached_index(root / "train", "imagenet", wnids, lambda: index_class_folders(root / "train", wnids))
     val = root / "val"
     if subfolders(val):
-        te = cached_index(val, "imagenet", lambda: index_class_folders(val, wnids))
+        te = cached_index(val, "imagenet", wnids, lambda: index_class_folders(val, wnids))
     else:
-        te = cached_index(val, "imagenet-val", lambda: _flat_val_index(root, wnids))
-    names = _devkit_names(root) or _wnid_names(root / "LOC_synset_mapping.txt")
+        te = cached_index(val, "imagenet-val", wnids, lambda: _flat_val_index(root, wnids))
+    try:
+        names = _devkit_names(root) or _wnid_names(root / "LOC_synset_mapping.txt")
+    except CondenseError:  # names are for display: without scipy (or with a damaged meta.mat) show the wnids
+        names = {}
     lazy = True if lazy is None else lazy
     info = DatasetInfo(f"imagenet:{spec}", len(wnids), 3, size, IMAGENET_MEAN, IMAGENET_STD,
                        [names.get(w, w) for w in wnids], class_ids=wnids)
@@ -473,17 +497,18 @@ def _flat_val_index(root: Path, wnids: list[str]) -> FileIndex:
         by_id = {i: w for i, w, _ in synsets}
         gt = _devkit(root) / "ILSVRC2012_validation_ground_truth.txt"
         try:
-            ids = [int(t) for t in gt.read_text().split()]
-        except (OSError, ValueError) as e:
+            ids = [int(t) for t in read_text(gt).split()]
+        except ValueError as e:
             raise CondenseError(f"{gt} cannot be read as the devkit's list of class ids ({e}).") from None
         if len(ids) != len(images) or any(i not in by_id or by_id[i] not in where for i in ids):
             raise CondenseError(f"{gt} labels {len(ids)} images with ILSVRC ids, but {val} holds {len(images)} images "
                                 f"(or an id names a class without a training folder). The devkit and the images "
                                 f"must be the same release.")
         labels = [where[by_id[i]] for i in ids]  # the ground truth follows the sorted file names
+        tracked = [val, gt, _devkit(root) / "meta.mat"]
     elif kaggle.is_file():
         label_of = {}
-        for line in kaggle.read_text().splitlines()[1:]:
+        for line in read_text(kaggle).splitlines()[1:]:
             name, _, pred = line.partition(",")
             wnid = pred.split(" ")[0]
             if wnid in where:
@@ -492,8 +517,9 @@ def _flat_val_index(root: Path, wnids: list[str]) -> FileIndex:
         if missing:
             raise CondenseError(f"{kaggle} gives no class for {len(missing)} validation images (e.g. {missing[0]}).")
         labels = [label_of[Path(p).stem] for p in images]
+        tracked = [val, kaggle]
     else:
         raise CondenseError(f"{val} holds the validation images without class folders, and neither the devkit "
                             f"({_devkit(root)}) nor LOC_val_solution.csv is there to label them. Add one, or sort "
                             f"the images into {val}/<wnid>/ folders.")
-    return _list_index(val, images, labels, [val], built)
+    return _list_index(val, images, labels, tracked, built)

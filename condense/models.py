@@ -330,8 +330,9 @@ MODELS.register("resnet18")(ResNet18)
 MODELS.register("resnet18bn")(
     lambda channels, num_classes, size, **kw: ResNet18(channels, num_classes, size, norm="batchnorm", **kw))
 for _name in ("resnet18bn_narrow", "mobilenetv2", "mobilenetv2_050", "shufflenetv2", "shufflenetv2_050",
-              "efficientnet_b0", "densenet121", "resnet50"):
-    MODELS.register_lazy(_name, "condense.zoo")  # torchvision networks adapted to small images
+              "efficientnet_b0", "densenet121", "resnet50", "tv_resnet18", "tv_resnet50", "tv_mobilenet_v2",
+              "tv_efficientnet_b0", "tv_shufflenet_v2_x1_0", "tv_densenet121"):
+    MODELS.register_lazy(_name, "condense.zoo")  # torchvision networks (adapted to small images, or as shipped)
 
 
 def build_model(arch: str, channels: int, num_classes: int, size: int, seed: int | None = None,

@@ -53,7 +53,7 @@ def preset_values(algo: str, preset: str | None, dataset: str, ipc: int) -> dict
     p = table[preset]
     out = scalars(p)
     out.update(scalars(p.get(f"ipc{ipc}", {})))
-    ds = p.get(dataset, {})
+    ds = p.get(dataset.partition(":")[0], {})  # imagefolder:PATH, imagenet:PATH: the kind
     out.update(scalars(ds))
     out.update(scalars(ds.get(f"ipc{ipc}", {})))
     return out

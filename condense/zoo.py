@@ -15,6 +15,9 @@ included, so a network is reproducible from `build_model(..., seed=s)`. Register
 | `efficientnet_b0` | EfficientNet-B0 |
 | `densenet121` | DenseNet-121 |
 | `resnet50` | ResNet-50 (small-image stem: a 3x3 stride-1 convolution, no max-pool; CV-DD's committee) |
+| `tv_resnet18`, `tv_resnet50`, `tv_mobilenet_v2`, `tv_efficientnet_b0`, `tv_shufflenet_v2_x1_0`, `tv_densenet121` | |
+|   | torchvision's networks exactly as they ship (224-px stems, 3 channels), so that torchvision's |
+|   | ImageNet weights load unchanged (`Torchvision`; `condense teachers --teacher-weights`) |
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from condense.errors import CondenseError
 from condense.models import MODELS, Network, ResNet18
 
 
@@ -81,6 +85,49 @@ def resnet50(channels: int, num_classes: int, size: int) -> Network:
     return Adapted(body, net.fc)
 
 
+class Torchvision(Network):
+    """A torchvision network as it ships, held whole as `net` so that its state dict is torchvision's with a
+    `net.` prefix (`load_torchvision` loads a torchvision checkpoint into it). `body` names the modules up
+    to the last feature map; `head` the classifier."""
+
+    def __init__(self, net: nn.Module, body: tuple[str, ...], head: str, relu: bool = False) -> None:
+        super().__init__()
+        self.net, self.body, self.head, self.relu = net, body, head, relu
+
+    @property
+    def classifier(self) -> nn.Module:  # type: ignore[override]
+        return getattr(self.net, self.head)
+
+    def features(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        for name in self.body:
+            x = getattr(self.net, name)(x)
+        if self.relu:
+            x = F.relu(x)
+        return [x], F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+
+# torchvision builder, modules up to the feature map, classifier, ReLU after the features (DenseNet)
+TORCHVISION = {
+    "resnet18": (("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"), "fc", False),
+    "resnet50": (("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"), "fc", False),
+    "mobilenet_v2": (("features",), "classifier", False),
+    "efficientnet_b0": (("features",), "classifier", False),
+    "shufflenet_v2_x1_0": (("conv1", "maxpool", "stage2", "stage3", "stage4", "conv5"), "fc", False),
+    "densenet121": (("features",), "classifier", True),
+}
+
+
+def torchvision_net(name: str):
+    def build(channels: int, num_classes: int, size: int) -> Network:
+        if channels != 3:
+            raise CondenseError(f"tv_{name} is torchvision's ImageNet network and takes RGB images; this dataset has "
+                                f"{channels} channel(s); its small-image variants (resnet50, mobilenetv2, ...) take "
+                                f"any.")
+        body, head, relu = TORCHVISION[name]
+        return Torchvision(getattr(torchvision.models, name)(num_classes=num_classes), body, head, relu)
+    return build
+
+
 MODELS.register("resnet18bn_narrow")(
     lambda channels, num_classes, size: ResNet18(channels, num_classes, size, norm="batchnorm", width=16))
 MODELS.register("mobilenetv2")(mobilenet_v2)
@@ -90,3 +137,5 @@ MODELS.register("shufflenetv2_050")(lambda channels, num_classes, size: shufflen
 MODELS.register("efficientnet_b0")(efficientnet_b0)
 MODELS.register("densenet121")(densenet121)
 MODELS.register("resnet50")(resnet50)
+for _name in TORCHVISION:
+    MODELS.register(f"tv_{_name}")(torchvision_net(_name))

@@ -102,6 +102,13 @@ def test_the_file_index_is_cached_and_rebuilt_when_a_folder_changes(tmp_path, mo
                      dirs=np.array([b"."]), mtimes=np.array([0]), skipped=np.int64(0), built_ns=np.int64(time.time_ns()))
     built.clear()
     assert len(load_dataset(f"imagefolder:{root}@16", lazy=True).train.labels) == 13 and built
+    # a class removed from the training split: the test split's cached labels must not be reused
+    import shutil
+
+    shutil.rmtree(root / "train" / "bee")
+    age(root)
+    real = load_dataset(f"imagefolder:{root}@16", lazy=True)
+    assert real.info.class_ids == ["ant"] and real.test.labels.tolist() == [0, 0]
 
 
 def test_a_broken_file_in_a_lazy_split_is_a_clear_error_when_it_is_drawn(tmp_path):
@@ -278,3 +285,69 @@ def test_distill_and_evaluate_on_a_lazy_folder(monkeypatch, capsys, tmp_path):
     code, text, err = cli(monkeypatch, capsys, "eval", out, "--runs", "1", "--epochs", "2", "--baseline", "random",
                           "--quiet")
     assert code == 0, err and "random (real subset)" in text
+
+
+# ---- pretrained ImageNet teachers (torchvision's networks, weights the user brings) ----------------
+
+
+@pytest.mark.parametrize("arch", ["tv_resnet18", "tv_shufflenet_v2_x1_0", "tv_densenet121"])
+def test_torchvision_networks_compute_what_torchvision_computes(arch):
+    from condense.models import build_model
+
+    net = build_model(arch, 3, 4, 32, seed=0).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(net(x), net.net(x), atol=1e-5)
+    with pytest.raises(CondenseError, match="takes RGB images"):
+        build_model(arch, 1, 4, 32)
+
+
+def _imagenet_tree(root, wnids=("n01440764", "n01443537", "n01484850")):
+    for split, k in (("train", 2), ("val", 1)):
+        for w in wnids:
+            (root / split / w).mkdir(parents=True)
+            for j in range(k):
+                _image(root / split / w / f"{w}_{j}", hash((split, w, j)) % 1000, (40, 36))
+    age(root)
+    return root
+
+
+def test_a_pretrained_committee_is_imported_once_and_distils_with_the_imagenet_preset(monkeypatch, capsys, tmp_path):
+    import torchvision
+
+    root = _imagenet_tree(tmp_path / "imagenet")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for arch, file in (("resnet18", "tv_resnet18.pth"), ("resnet50", "resnet50-0676ba61.pth"),
+                       ("shufflenet_v2_x1_0", "shufflenetv2_x1-5666bf0f80.pth"), ("mobilenet_v2", "tv_mobilenet_v2.pt")):
+        torch.save(getattr(torchvision.models, arch)(num_classes=3).state_dict(), weights / file)
+    dense = torchvision.models.densenet121(num_classes=3).state_dict()  # saved with the old 'norm.1' names
+    old = {k.replace("norm1", "norm.1").replace("conv2", "conv.2") if "denselayer" in k else k: v for k, v in dense.items()}
+    torch.save({"state_dict": {f"module.{k}": v for k, v in old.items()}}, weights / "densenet121-a639ec97.pth")
+    ds = f"imagenet:{root}@32"
+    out = tmp_path / "cvdd.h5"
+    distill = ("distill", "--algo", "cvdd", "--preset", "paper", "--dataset", ds, "--ipc", "1", "--set",
+               "recover_iters=2", "--set", "relabel_epochs=1", "--set", "patch_pool=2", "--out", out, "--quiet")
+    code, _, err = cli(monkeypatch, capsys, *distill)
+    assert code == 1 and "has not been imported" in err and "--teacher-weights" in err
+    code, text, err = cli(monkeypatch, capsys, "teachers", "--dataset", ds, "--committee", "cvdd", "--teacher-weights",
+                          weights, "--quiet")
+    assert code == 0, err
+    assert "tv_densenet121" in text and "tv_resnet50" in text
+    code, _, err = cli(monkeypatch, capsys, *distill)
+    assert code == 0, err
+    s = condense.load(out)
+    assert s.meta.config["prior"] == "equal" and s.meta.config["jitter"] == 32 and s.meta.class_ids[0] == "n01440764"
+    members = json.loads(s.meta.teacher)["members"]
+    assert len(members) == 5
+    # weights of another network, or a file that is more than tensors, are refused with the reason
+    torch.save(torchvision.models.resnet18(num_classes=5).state_dict(), weights / "tv_resnet18.pth")
+    code, _, err = cli(monkeypatch, capsys, "teachers", "--dataset", ds, "--committee", "infer", "--teacher-weights",
+                       weights, "--quiet")
+    assert code == 1 and "does not fit tv_resnet18" in err and "of another shape" in err
+    torch.save({"fc.weight": torch.zeros(3, 512), "note": object()}, weights / "tv_resnet18.pth")
+    code, _, err = cli(monkeypatch, capsys, "teachers", "--dataset", ds, "--committee", "infer", "--teacher-weights",
+                       weights, "--quiet")
+    assert code == 1 and "does not unpickle" in err
+    code, _, err = cli(monkeypatch, capsys, "teachers", "--dataset", ds, "--arch", "convnet", "--teacher-weights",
+                       weights, "--epochs", "1", "--quiet")
+    assert code == 1 and "pretrained committee" in err
