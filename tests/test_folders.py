@@ -2,7 +2,6 @@
 file index, seeding across decode-worker counts, Tiny-ImageNet and ImageNet layouts, and class manifests."""
 import json
 import os
-import sys
 import time
 
 import numpy as np
@@ -10,10 +9,10 @@ import pytest
 import torch
 
 import condense
-from condense.cli import main
 from condense.data import load_dataset
 from condense.errors import CondenseError
 from condense.runtime import make_generator
+from test_cli import cli  # the command line in-process
 
 MODES = ("RGB", "L", "RGBA", "P", "CMYK")
 
@@ -50,14 +49,6 @@ def age(root):
     past = time.time() - 60
     for here, _, _ in os.walk(root):
         os.utime(here, (past, past))
-
-
-def cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["condense", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
 
 
 def test_lazy_and_in_memory_see_the_same_pixels_and_draws_do_not_depend_on_workers(tmp_path):
