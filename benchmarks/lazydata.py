@@ -81,6 +81,7 @@ def distill_child(root: Path, lazy: bool, iters: int) -> None:
 
 
 def memory(root: Path, iters: int = 3) -> None:
+    """Each path in a process of its own (ru_maxrss is per process)."""
     for lazy in (True, False):
         p = subprocess.run([sys.executable, __file__, "_distill", "--root", str(root), "--iters", str(iters)]
                            + (["--lazy"] if lazy else []), capture_output=True, text=True)
@@ -182,7 +183,7 @@ def main() -> None:
     if args.study == "tree":
         make_tree(tree)
     elif args.study == "memory":
-        memory(tree, args.iters)
+        memory(args.root, args.iters)
     elif args.study == "throughput":
         throughput(tree)
     elif args.study == "classmap":

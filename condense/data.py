@@ -394,9 +394,19 @@ DATASETS.register("svhn")(
     _torchvision_rgb("svhn", "SVHN", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), allow_flip=False))
 
 
-def channel_stats(x: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    f = x.float() / 255.0
-    return tuple(f.mean((0, 2, 3)).tolist()), tuple(f.std((0, 2, 3)).tolist())
+def channel_stats(x: Tensor, chunk: int = 2048) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (unbiased) std of uint8 images in [0, 1], in chunks (a float copy of a whole
+    folder would be 4x its size) with float64 sums."""
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for i in range(0, x.shape[0], chunk):
+        f = x[i:i + chunk].float() / 255.0
+        total += f.sum((0, 2, 3)).double()
+        squares += (f * f).sum((0, 2, 3)).double()
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / m
+    std = ((squares - m * mean * mean) / max(m - 1, 1)).clamp_min(0).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
 
 
 from condense import folders  # noqa: E402  (the folder datasets need the types above)

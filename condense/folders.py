@@ -122,6 +122,14 @@ class LazyImages:
             return batch.pin_memory().to(self.device, non_blocking=True)
         return batch.to(self.device)
 
+    def decode_all(self, chunk: int = 1024) -> Tensor:
+        """Every image, decoded into one preallocated uint8 tensor (the in-memory path: no list of
+        per-image tensors beside the result)."""
+        out = torch.empty(tuple(self.shape), dtype=torch.uint8)
+        for i in range(0, len(self.files), chunk):
+            out[i:i + chunk] = self.to("cpu")[i:i + chunk]
+        return out
+
     def take(self, idx: Tensor) -> "LazyImages":
         return LazyImages(self.root, self.files[idx.cpu().numpy()], self.size, self.device, self.workers, self._pool)
 
@@ -261,7 +269,7 @@ def make_split(index: FileIndex, size: int, lazy: bool, workers: int | None):
     from condense.data import Split
 
     images = LazyImages(index.root, index.files, size, workers=workers)
-    return Split(images if lazy else images[slice(None)], torch.from_numpy(index.labels.copy()))
+    return Split(images if lazy else images.decode_all(), torch.from_numpy(index.labels.copy()))
 
 
 def native_size(index: FileIndex) -> int:
