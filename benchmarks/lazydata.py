@@ -161,12 +161,12 @@ def classmap(root: Path) -> None:
     out = root / "dm-fmnist-a.h5"
     run("distill", "--algo", "dm", "--ipc", "10", "--preset", "cpu", "--iters", "100", "--dataset",
         f"imagefolder:{a}", "--out", str(out), "--quiet")
-    run("eval", str(out), "--runs", "1", "--quiet")
-    run("eval", str(out), "--dataset", f"imagefolder:{b}", "--runs", "1", "--quiet")
+    run("eval", str(out), "--runs", "1", "--epochs", "300", "--quiet")
+    run("eval", str(out), "--dataset", f"imagefolder:{b}", "--runs", "1", "--epochs", "300", "--quiet")
     cmap = root / "classmap.json"
     cmap.write_text(json.dumps({f"{c}_{names[c]}": names[c] for c in range(10)}, indent=1))
     lines.append(f"$ cat {cmap}\n{cmap.read_text()}\n")
-    run("eval", str(out), "--dataset", f"imagefolder:{b}", "--class-map", str(cmap), "--runs", "1", "--quiet")
+    run("eval", str(out), "--dataset", f"imagefolder:{b}", "--class-map", str(cmap), "--runs", "1", "--epochs", "300", "--quiet")
     text = "\n".join(lines).replace(str(root), "$ROOT")
     (OUT / "lazydata-classmap.txt").write_text(text)
     del np
