@@ -312,7 +312,8 @@ def test_a_pretrained_committee_is_imported_once_and_distils_with_the_imagenet_p
                        ("shufflenet_v2_x1_0", "shufflenetv2_x1-5666bf0f80.pth"), ("mobilenet_v2", "tv_mobilenet_v2.pt")):
         torch.save(getattr(torchvision.models, arch)(num_classes=3).state_dict(), weights / file)
     dense = torchvision.models.densenet121(num_classes=3).state_dict()  # saved with the old 'norm.1' names
-    old = {k.replace("norm1", "norm.1").replace("conv2", "conv.2") if "denselayer" in k else k: v for k, v in dense.items()}
+    old = {k.replace("norm1", "norm.1").replace("conv2", "conv.2") if "denselayer" in k else k: v for k, v in dense.items()
+           if not k.endswith("num_batches_tracked")}  # the 2017 file predates BatchNorm's counter
     torch.save({"state_dict": {f"module.{k}": v for k, v in old.items()}}, weights / "densenet121-a639ec97.pth")
     ds = f"imagenet:{root}@32"
     out = tmp_path / "cvdd.h5"
