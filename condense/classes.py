@@ -41,12 +41,13 @@ def check(meta, info: DatasetInfo, where: str) -> None:
     diff = [i for i, (a, b) in enumerate(zip(ids, info.class_ids)) if a != b]
     shown = "; ".join(f"label {i} is {_show(ids[i], meta.class_names[i])} in the set but "
                       f"{_show(info.class_ids[i], info.class_names[i])} in the dataset" for i in diff[:3])
-    how = ("the same classes in another order: pass --class-map with a JSON file '{}' to match them by identifier"
-           if sorted(ids) == sorted(info.class_ids) else
-           "pass --class-map FILE, a JSON object from the set's classes to the dataset's")
+    how = ("The set holds the same classes in another order: pass --class-map with a JSON file '{}' to match them "
+           "by identifier" if sorted(ids) == sorted(info.class_ids) else
+           "If they are the same classes under other names, pass --class-map FILE, a JSON object from the set's "
+           "classes to the dataset's")
     raise CondenseError(f"{where}: its class order does not match {info.name} ({len(diff)} of {len(ids)} labels "
-                        f"differ; {shown}). Training on it would teach wrong classes. It holds {how} (or evaluate on "
-                        f"the dataset it was distilled from).")
+                        f"differ; {shown}). Training on it would teach wrong classes. {how} (or evaluate on the "
+                        f"dataset it was distilled from).")
 
 
 def _show(cid: str, name: str) -> str:

@@ -303,8 +303,9 @@ def sample_stats(images: LazyImages, n: int = 1000) -> tuple[tuple[float, ...], 
     except (OSError, ValueError, EOFError):
         pass
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n].sort().values
-    x = images.to("cpu")[pick].float() / 255.0
-    st = np.stack([x.mean((0, 2, 3)).double().numpy(), x.std((0, 2, 3)).double().numpy()])
+    from condense.data import channel_stats  # the in-memory path's statistics, on the sample
+
+    st = np.array(channel_stats(images.to("cpu")[pick]), dtype=np.float64)
     try:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
