@@ -102,8 +102,6 @@ def _lookup(ids: list[str], names: list[str]) -> dict[str, int]:
 def remap(s, perm: Tensor, info: DatasetInfo):
     """The set with its labels in the dataset's order: hard labels, soft-label columns, compact labels
     and replayed logits permuted; the manifest becomes the dataset's. Images are untouched."""
-    from condense.synthetic import SyntheticSet
-
     def cols(t: Tensor | None) -> Tensor | None:  # column j -> column perm[j]
         if t is None:
             return None
@@ -123,8 +121,8 @@ def remap(s, perm: Tensor, info: DatasetInfo):
     meta = replace(m, class_names=list(info.class_names), class_ids=list(info.class_ids),
                    classes_sha256=classes_digest(list(info.class_ids)),
                    config={**m.config, "class_map": perm.tolist()})
-    out = SyntheticSet(s.images, perm.to(s.labels.device)[s.labels], meta, cols(s.soft_labels), dict(s.soft_attrs), s.lr,
-                       compact, dict(s.compact_attrs), s.zca, s.soft, None)
+    out = replace(s, labels=perm.to(s.labels.device)[s.labels], meta=meta, soft_labels=cols(s.soft_labels),
+                  compact=compact, replay=None)
     if s.replay is not None:
         out.replay = replace(s.replay, logits=cols(s.replay.logits))
         out.replay.set_digest = out.replay_digest()

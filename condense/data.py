@@ -206,12 +206,12 @@ class RealData:
             keep.append(perm[per_class:])
         keep_idx, val_idx = torch.cat(keep).sort().values, torch.cat(val)
         images = self.train.images
-        if isinstance(images, folders.LazyImages) and val_idx.numel() * images.shape[1:].numel() * 4 > 2 << 30:
+        if getattr(images, "lazy", False) and val_idx.numel() * images.shape[1:].numel() * 4 > 2 << 30:
             raise CondenseError(f"Holding out {per_class} images per class of {self.info.name} would decode "
                                 f"{val_idx.numel()} validation images into memory (over 2 GiB as float32). Use a "
                                 f"smaller --val-size (or val_per_class) for a dataset read lazily.")
         h = hashlib.sha256(val_idx.cpu().numpy().tobytes()).hexdigest()[:12]
-        kept = images.take(keep_idx) if isinstance(images, folders.LazyImages) else images[keep_idx]
+        kept = images.take(keep_idx) if getattr(images, "lazy", False) else images[keep_idx]
         rest = RealData(self.info, Split(kept, self.train.labels[keep_idx]), self.test, self.pre,
                         subset=f"{self.subset}without {per_class}/class held out [{h}]")
         return rest, (self.get(val_idx), self.train.labels[val_idx])
@@ -225,7 +225,7 @@ class RealData:
     def test_digest(self) -> str:
         """The test split's identity (a lazy one by its files, without decoding them)."""
         x = self.test.images
-        if isinstance(x, folders.LazyImages):
+        if getattr(x, "lazy", False):
             return x.digest() + tensor_digest(self.test.labels)[:16]
         return tensor_digest(x, self.test.labels)
 
@@ -409,12 +409,9 @@ def channel_stats(x: Tensor, chunk: int = 2048) -> tuple[tuple[float, ...], tupl
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-from condense import folders  # noqa: E402  (the folder datasets need the types above)
-
-DATASETS.register("imagefolder")(folders.load_imagefolder)
-DATASETS.register("tiny-imagenet")(folders.load_tiny)
-DATASETS.register("imagenet")(folders.load_imagenet)
 FOLDER_DATASETS = ("imagefolder", "tiny-imagenet", "imagenet")
+for _name in FOLDER_DATASETS:
+    DATASETS.register_lazy(_name, "condense.folders")  # registered there, on first use
 
 
 def load_dataset(name: str, data_root: str | os.PathLike | None = None, download: bool = False,
@@ -431,7 +428,7 @@ def load_dataset(name: str, data_root: str | os.PathLike | None = None, download
     train, test, info = loader(search_roots(data_root), download, spec, **folder)
     pre = Preprocess(info.mean, info.std)
     if zca:
-        if isinstance(train.images, folders.LazyImages):
+        if getattr(train.images, "lazy", False):
             raise CondenseError(f"--zca needs every training image in memory to fit the whitening, and {name} is "
                                 f"read lazily ({len(train.images)} images). Use normalization (drop --zca).")
         pre = Preprocess(info.mean, info.std, Zca.fit(train.images.float() / 255.0))

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from condense.data import DATASETS, DatasetInfo, Split, channel_stats, missing_dataset
 from condense.errors import CondenseError
 from condense.io import atomic_path
 
@@ -81,6 +82,7 @@ class LazyImages:
     subset. It stands where `RealData` keeps its in-memory tensor."""
 
     dtype = torch.uint8
+    lazy = True  # how condense.data tells it from a tensor
 
     def __init__(self, root: Path, files: np.ndarray, size: int, device: torch.device | str = "cpu",
                  workers: int | None = None, pool: ThreadPoolExecutor | None = None):
@@ -266,8 +268,6 @@ def _read_index(path: Path, root: Path) -> FileIndex | None:
 
 def make_split(index: FileIndex, size: int, lazy: bool, workers: int | None):
     """The split as the data layer's `Split`: images decoded now (in memory) or on demand (lazy)."""
-    from condense.data import Split
-
     images = LazyImages(index.root, index.files, size, workers=workers)
     return Split(images if lazy else images.decode_all(), torch.from_numpy(index.labels.copy()))
 
@@ -303,8 +303,6 @@ def sample_stats(images: LazyImages, n: int = 1000) -> tuple[tuple[float, ...], 
     except (OSError, ValueError, EOFError):
         pass
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n].sort().values
-    from condense.data import channel_stats  # the in-memory path's statistics, on the sample
-
     st = np.array(channel_stats(images.to("cpu")[pick]), dtype=np.float64)
     try:
         with atomic_path(path) as tmp:
@@ -320,7 +318,7 @@ def choose_lazy(lazy: bool | None, n: int, size: int) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# the loaders (registered in condense.data)
+# the loaders (registered lazily by condense.data: this module is imported on first use)
 
 
 def parse_size(name: str, spec: str, default: int | None) -> tuple[str, int | None]:
@@ -348,12 +346,11 @@ def read_text(path: Path) -> str:
         raise CondenseError(f"{path} cannot be read as text ({e}). Restore it from the dataset's archive.") from None
 
 
+@DATASETS.register("imagefolder")
 def load_imagefolder(roots: list[Path], download: bool, spec: str, lazy: bool | None = None,
                      workers: int | None = None):
     """`imagefolder:PATH[@SIZE]`: PATH/train/<class>/* and PATH/val (or test)/<class>/*; class
     identifiers are the folder names."""
-    from condense.data import DatasetInfo, channel_stats
-
     path, size = parse_size("imagefolder", spec, None)
     root = Path(path).expanduser()
     if not (root / "train").is_dir():
@@ -385,11 +382,10 @@ def _list_index(root: Path, rel_files: list[str], labels: list[int], dirs: list[
                      np.array([_mtime(d) for d in dirs], dtype=np.int64), 0, built)
 
 
+@DATASETS.register("tiny-imagenet")
 def load_tiny(roots: list[Path], download: bool, spec: str, lazy: bool | None = None, workers: int | None = None):
     """Tiny-ImageNet-200 as distributed (train/<wnid>/images/*.JPEG, val/images + val_annotations.txt,
     words.txt for the class names), read lazily unless `lazy=False`."""
-    from condense.data import DatasetInfo, missing_dataset
-
     for r in roots:
         base = r / "tiny-imagenet-200"
         if (base / "train").is_dir():
@@ -438,13 +434,12 @@ def _wnid_names(path: Path) -> dict[str, str]:
     return out
 
 
+@DATASETS.register("imagenet")
 def load_imagenet(roots: list[Path], download: bool, spec: str, lazy: bool | None = None, workers: int | None = None):
     """`imagenet:PATH[@SIZE]` (default 224): PATH/train/<wnid>/*.JPEG as ILSVRC-2012 ships it, and the
     validation images either sorted into PATH/val/<wnid>/ or flat in PATH/val with their labels from the
     devkit (PATH/ILSVRC2012_devkit_t12: data/meta.mat + data/ILSVRC2012_validation_ground_truth.txt, read
     with scipy) or from Kaggle's PATH/LOC_val_solution.csv. Always lazy unless `lazy=False`."""
-    from condense.data import DatasetInfo
-
     path, size = parse_size("imagenet", spec, 224)
     root = Path(path).expanduser()
     if not (root / "train").is_dir() or not (root / "val").is_dir():

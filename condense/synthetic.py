@@ -463,7 +463,7 @@ def load(path: str | os.PathLike, soft: bool = False, dataset: Any = None,
             raise CondenseError("A class map re-maps a set onto a dataset's class order: name the dataset too (--dataset, or "
                                 "dataset= in Python).")
         return s
-    from condense import classes
+    import condense.classes as classes
     from condense.data import load_dataset
 
     info = dataset if hasattr(dataset, "class_ids") else getattr(dataset, "info", None)

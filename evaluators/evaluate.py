@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from condense.artifacts import Artifacts, cache_root
-from condense import classes
+import condense.classes as classes
 from condense.data import RealData, load_dataset
 from condense.errors import CondenseError
 from condense.models import MODELS

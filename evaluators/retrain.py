@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from condense import classes
+import condense.classes as classes
 from condense.data import RealData
 from condense.errors import CondenseError
 from condense.io import tensor_digest
