@@ -2,7 +2,7 @@
 decode throughput by worker count and where the time goes, and a class-order mismatch refused then
 evaluated with --class-map.
 
-    python benchmarks/lazydata.py tree [--root DIR]          # 100 classes x 500 JPEGs (about 2 min, 0.3 GB)
+    python benchmarks/lazydata.py tree [--root DIR]          # (default: condense-lazydata in the temp folder) 100 classes x 500 JPEGs (about 2 min, 0.3 GB)
     python benchmarks/lazydata.py memory [--root DIR]        # DM, 3 iterations, lazy and in memory (one process each)
     python benchmarks/lazydata.py throughput [--root DIR]    # decode rate with 0, 1, 2 workers + a breakdown
     python benchmarks/lazydata.py classmap [--root DIR]      # Fashion-MNIST as two folders in two class orders
@@ -18,6 +18,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def distill_child(root: Path, lazy: bool, iters: int) -> None:
     real = load_dataset(f"imagefolder:{root}@64", lazy=lazy)
     loaded, rss_loaded = time.time() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t1 = time.time()
-    _distill_one("dm", 10, real, Path(f"/tmp/lazydata-dm-{'lazy' if lazy else 'memory'}.h5"), None,
+    _distill_one("dm", 10, real, root.parent / f"dm-{'lazy' if lazy else 'memory'}.h5", None,
                  {"batch_real": "64"}, iters, 0, None, Reporter())
     print(json.dumps({"lazy": lazy, "load_seconds": round(loaded, 1), "peak_after_load_mb": rss_loaded // 1024,
                       "distill_seconds": round(time.time() - t1, 1), "iters": iters,
@@ -175,7 +176,7 @@ def classmap(root: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("study", choices=["tree", "memory", "throughput", "classmap", "_distill"])
-    ap.add_argument("--root", type=Path, default=Path("/tmp/condense-lazydata"))
+    ap.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "condense-lazydata")
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--lazy", action="store_true")
     args = ap.parse_args()

@@ -467,7 +467,7 @@ def load(path: str | os.PathLike, soft: bool = False, dataset: Any = None,
     from condense.data import load_dataset
 
     info = dataset if hasattr(dataset, "class_ids") else getattr(dataset, "info", None)
-    info = info or load_dataset(str(dataset), lazy=str(dataset).partition(":")[0] in ("imagefolder",) or None).info
+    info = info or load_dataset(str(dataset), lazy=True).info  # lazy: only folders read it, and need no decoding
     if class_map is not None:
         s = classes.remap(s, classes.read_class_map(Path(class_map), s.meta, info), info)
     classes.check(s.meta, info, str(path))
